@@ -1,0 +1,112 @@
+"""Audio loading: any file soundfile reads, any rate, any channel count -> 16 kHz mono float32."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_duration", "resample"]
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(RuntimeError):
+    """An audio file is missing, unreadable or corrupt. The message names the file."""
+
+
+def resample(wave: torch.Tensor, orig_sr: int, new_sr: int = SAMPLE_RATE) -> torch.Tensor:
+    """Band-limited resampling of ``wave`` (..., N) from ``orig_sr`` to ``new_sr``."""
+    if orig_sr == new_sr:
+        return wave
+    return AF.resample(wave, orig_sr, new_sr)
+
+
+# libsndfile's header log notes a data chunk shorter than its header claims: "data : 32000 (should be 15978)"
+_SHORT_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _check_complete(f: sf.SoundFile, path: str | Path) -> None:
+    """Raise :class:`AudioError` when ``f`` is cut short: libsndfile opens many truncated files."""
+    m = _SHORT_DATA.search(f.extra_info)
+    if m and int(m.group(2)) < int(m.group(1)):
+        raise AudioError(f"{path}: truncated: the header declares {m.group(1)} bytes of audio, "
+                         f"the file holds {m.group(2)}")
+    if f.format == "OGG" and not _ogg_has_end_of_stream(path):
+        raise AudioError(f"{path}: truncated: the Ogg stream has no end-of-stream page")
+    if f.format == "NIST":
+        with open(path, "rb") as raw:
+            count = re.search(rb"sample_count -i (\d+)", raw.read(1024))
+        if count and int(count.group(1)) > f.frames:
+            raise AudioError(f"{path}: truncated: the header declares {int(count.group(1))} samples, "
+                             f"the file holds {f.frames}")
+    if f.frames > 0:
+        f.seek(f.frames - 1)
+        if f.read(1, dtype="float32").shape[0] != 1:
+            raise AudioError(f"{path}: truncated: cannot read the last sample")
+        f.seek(0)
+
+
+def _ogg_has_end_of_stream(path: str | Path) -> bool:
+    """True when the last Ogg page carries the end-of-stream flag (header type bit 0x04)."""
+    with open(path, "rb") as raw:
+        raw.seek(0, 2)
+        size = raw.tell()
+        raw.seek(max(0, size - 65536))
+        tail = raw.read()
+    last = tail.rfind(b"OggS")
+    return last >= 0 and last + 5 < len(tail) and bool(tail[last + 5] & 0x04)
+
+
+def audio_duration(path: str | Path) -> float:
+    """Duration of ``path`` in seconds, read from its header (a truncated file is an error)."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            _check_complete(f, path)
+            return f.frames / f.samplerate
+    except AudioError:
+        raise
+    except Exception as e:
+        raise AudioError(_describe(path, e)) from None
+
+
+def load_audio(path: str | Path, start: float | None = None, end: float | None = None) -> torch.Tensor:
+    """Read ``path`` (optionally the segment ``start``..``end`` seconds) as 16 kHz mono float32.
+
+    Returns:
+        (num_samples,) float32 tensor in [-1, 1].
+
+    Raises:
+        AudioError: the file is missing, not audio soundfile can read, truncated, or the segment
+            lies outside the file.
+    """
+    path = Path(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            _check_complete(f, path)
+            sr = f.samplerate
+            first = 0 if start is None else int(round(start * sr))
+            last = f.frames if end is None else min(int(round(end * sr)), f.frames)
+            if first < 0 or first >= max(last, 1) and f.frames > 0:
+                raise AudioError(f"{path}: segment {start}..{end} s lies outside the file "
+                                 f"({f.frames / sr:.2f} s)")
+            f.seek(first)
+            data = f.read(last - first, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except Exception as e:
+        raise AudioError(_describe(path, e)) from None
+    if data.shape[0] < last - first:
+        raise AudioError(f"{path}: truncated: read {data.shape[0]} of {last - first} samples")
+    mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    return resample(mono, sr).contiguous()
+
+
+def _describe(path: str | Path, error: Exception) -> str:
+    if not Path(path).exists():
+        return f"{path}: no such audio file"
+    return f"{path}: cannot read audio ({error})"
