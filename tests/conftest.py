@@ -40,3 +40,32 @@ def kaldi_dir(tmp_path):
             text.write(f"{utt} {words}\n")
             u2s.write(f"{utt} spk{i % 2}\n")
     return data
+
+
+TTS_SENTENCES = ["HELLO WORLD", "GOOD MORNING TO YOU", "THE CAT SAT ON THE MAT", "SEVEN EIGHT NINE",
+                 "OPEN THE DOOR PLEASE", "WHERE IS MY BOOK"]
+
+
+@pytest.fixture(scope="session")
+def tts_corpus(tmp_path_factory):
+    """A few espeak-ng utterances (16 kHz wav) and their manifest: real speech-like input for
+    end-to-end tests. Needs the Debian package espeak-ng (installed by install.sh)."""
+    import json
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed: run ./install.sh (it installs the Debian TTS packages)")
+    from asr.audio import audio_duration
+
+    root = tmp_path_factory.mktemp("tts")
+    rows = []
+    for i, text in enumerate(TTS_SENTENCES):
+        path = root / f"utt{i}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(path), text.lower()], check=True)
+        rows.append({"id": f"utt{i}", "audio": str(path), "text": text, "speaker": "espeak",
+                     "duration": audio_duration(path), "start": None, "end": None})
+    with open(root / "all.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return root

@@ -19,6 +19,9 @@ _COMMANDS = [
     ("prepare", "asr.cli.prepare", "prepare a corpus into a JSONL manifest"),
     ("tokenizer", "asr.cli.tokenizer_cmd", "train or apply a sentencepiece tokenizer"),
     ("cmvn", "asr.cli.cmvn_cmd", "estimate global CMVN statistics from a manifest"),
+    ("train", "asr.cli.train", "train a model from an experiment YAML (resumes automatically)"),
+    ("average", "asr.cli.average", "average the last N checkpoints"),
+    ("export", "asr.cli.export", "export weights to a model directory"),
 ]
 
 

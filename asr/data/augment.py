@@ -21,15 +21,15 @@ class SpecAugmentConfig:
 
 
 def spec_augment(feats: torch.Tensor, feat_lens: torch.Tensor, cfg: SpecAugmentConfig,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mask random frequency bands and time spans with zeros (after CMVN, zero is the mean).
+                 generator: torch.Generator | None = None, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Replace random frequency bands and time spans with ``fill`` (pass the CMVN mean for raw
+    fbank, so that the masked values normalise to zero).
 
     Args:
-        feats: (B, T, F); feat_lens: (B,). Returns a new (B, T, F) tensor.
+        feats: (B, T, F); feat_lens: (B,); fill: scalar or (F,). Returns a new (B, T, F) tensor.
     """
     B, T, F = feats.shape
     dev = feats.device
-    out = feats.clone()
     freq = torch.arange(F, device=dev)[None, :]
     time = torch.arange(T, device=dev)[None, :]
     g = generator
@@ -50,7 +50,7 @@ def spec_augment(feats: torch.Tensor, feat_lens: torch.Tensor, cfg: SpecAugmentC
         start = (rand(B) * (lens - width).clamp(min=1)).long()
         span = (time >= start[:, None]) & (time < (start + width)[:, None])  # (B, T)
         keep &= ~span[:, :, None]
-    return out * keep
+    return torch.where(keep, feats, torch.as_tensor(fill, dtype=feats.dtype, device=dev))
 
 
 def speed_perturb(wave: torch.Tensor, factor: float, sample_rate: int = 16000) -> torch.Tensor:

@@ -1,0 +1,216 @@
+"""Attention masks as pure, vectorised functions.
+
+Polarity everywhere: ``True`` means "may attend" (the convention of
+``torch.nn.functional.scaled_dot_product_attention``). Masks are ``(T_q, T_k)`` boolean tensors
+(or ``(B, T)`` for padding) and broadcast against ``(B, H, T_q, T_k)`` scores. Block sizes and
+left contexts are ``int | None``; ``None`` means full context / unlimited, never a magic integer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "padding_mask",
+    "causal_mask",
+    "block_causal_mask",
+    "block_causal_mask_range",
+    "sliding_window_mask",
+    "strided_block_sparse_mask",
+    "combine_with_padding",
+]
+
+
+def padding_mask(lens: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """Valid-position mask from lengths.
+
+    Args:
+        lens: (B,) integer lengths.
+        max_len: width of the mask; defaults to ``lens.max()``.
+
+    Returns:
+        (B, max_len) bool, ``True`` at positions ``< lens[b]``.
+
+    Example::
+
+        >>> padding_mask(torch.tensor([1, 3]), 4).int()
+        tensor([[1, 0, 0, 0],
+                [1, 1, 1, 0]], dtype=torch.int32)
+    """
+    if max_len is None:
+        max_len = int(lens.max()) if lens.numel() else 0
+    return torch.arange(max_len, device=lens.device)[None, :] < lens[:, None]
+
+
+def causal_mask(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Frame ``i`` attends frames ``j <= i``.
+
+    Returns:
+        (n, n) bool, lower triangular.
+
+    Example::
+
+        >>> causal_mask(3).int()
+        tensor([[1, 0, 0],
+                [1, 1, 0],
+                [1, 1, 1]], dtype=torch.int32)
+    """
+    idx = torch.arange(n, device=device)
+    return idx[None, :] <= idx[:, None]
+
+
+def block_causal_mask_range(
+    q_start: int,
+    q_len: int,
+    k_start: int,
+    k_len: int,
+    block_size: int | None,
+    left_blocks: int | None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Block-causal mask between absolute query positions and absolute key positions.
+
+    Query ``i`` (absolute position ``q_start + i``) attends key ``j`` (absolute ``k_start + j``)
+    iff ``block(key) <= block(query)`` and ``block(query) - block(key) <= left_blocks``, where
+    ``block(p) = p // block_size``. ``block_size=None`` allows everything (full context);
+    ``left_blocks=None`` means unlimited left context. This is the rectangular form used for a
+    slice of queries (memory-bounded attention) or for queries against a streaming KV cache.
+
+    Returns:
+        (q_len, k_len) bool.
+
+    Example (queries 4..5 against keys 0..5, blocks of 2, one block of left context)::
+
+        >>> block_causal_mask_range(4, 2, 0, 6, 2, 1).int()
+        tensor([[0, 0, 1, 1, 1, 1],
+                [0, 0, 1, 1, 1, 1]], dtype=torch.int32)
+    """
+    if block_size is None:
+        return torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    if block_size < 1:
+        raise ValueError(f"block_size must be a positive int or None, got {block_size}")
+    qb = torch.div(torch.arange(q_start, q_start + q_len, device=device), block_size, rounding_mode="floor")
+    kb = torch.div(torch.arange(k_start, k_start + k_len, device=device), block_size, rounding_mode="floor")
+    diff = qb[:, None] - kb[None, :]  # (q_len, k_len) blocks back from the query
+    allowed = diff >= 0
+    if left_blocks is not None:
+        if left_blocks < 0:
+            raise ValueError(f"left_blocks must be >= 0 or None, got {left_blocks}")
+        allowed = allowed & (diff <= left_blocks)
+    return allowed
+
+
+def block_causal_mask(
+    n: int,
+    block_size: int | None,
+    left_blocks: int | None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Square block-causal mask: full attention inside a block, causal across blocks.
+
+    Frame ``i`` attends frame ``j`` iff ``block(j) <= block(i)`` and
+    ``block(i) - block(j) <= left_blocks`` (``None`` = unlimited). ``block_size=None`` gives
+    full context.
+
+    Returns:
+        (n, n) bool.
+
+    Example (n=6, blocks of 2, one block of left context)::
+
+        >>> block_causal_mask(6, 2, 1).int()
+        tensor([[1, 1, 0, 0, 0, 0],
+                [1, 1, 0, 0, 0, 0],
+                [1, 1, 1, 1, 0, 0],
+                [1, 1, 1, 1, 0, 0],
+                [0, 0, 1, 1, 1, 1],
+                [0, 0, 1, 1, 1, 1]], dtype=torch.int32)
+    """
+    return block_causal_mask_range(0, n, 0, n, block_size, left_blocks, device)
+
+
+def sliding_window_mask(
+    n: int, window: int, sinks: int = 0, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Causal sliding window with attention sinks (StreamingLLM style).
+
+    Frame ``i`` attends ``j`` iff ``j <= i`` and (``i - j < window`` or ``j < sinks``).
+
+    Returns:
+        (n, n) bool.
+
+    Example (window 2, one sink)::
+
+        >>> sliding_window_mask(5, 2, 1).int()
+        tensor([[1, 0, 0, 0, 0],
+                [1, 1, 0, 0, 0],
+                [1, 1, 1, 0, 0],
+                [1, 0, 1, 1, 0],
+                [1, 0, 0, 1, 1]], dtype=torch.int32)
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    idx = torch.arange(n, device=device)
+    diff = idx[:, None] - idx[None, :]
+    return (diff >= 0) & ((diff < window) | (idx[None, :] < sinks))
+
+
+def strided_block_sparse_mask(
+    n: int, block_size: int, stride: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Causal block-sparse pattern: the own block, plus every ``stride``-th earlier block.
+
+    Frame ``i`` attends ``j`` iff ``block(j) <= block(i)`` and (``block(j) == block(i)`` or
+    ``(block(i) - block(j)) % stride == 0``) — a "strided" long-range pattern (Child et al.,
+    2019) at block granularity, so FlexAttention can skip whole tiles.
+
+    Returns:
+        (n, n) bool.
+
+    Example (blocks of 1, stride 2)::
+
+        >>> strided_block_sparse_mask(4, 1, 2).int()
+        tensor([[1, 0, 0, 0],
+                [0, 1, 0, 0],
+                [1, 0, 1, 0],
+                [0, 1, 0, 1]], dtype=torch.int32)
+    """
+    if block_size < 1 or stride < 1:
+        raise ValueError(f"block_size and stride must be >= 1, got {block_size}, {stride}")
+    blk = torch.div(torch.arange(n, device=device), block_size, rounding_mode="floor")
+    diff = blk[:, None] - blk[None, :]
+    return (diff >= 0) & (diff % stride == 0)
+
+
+def combine_with_padding(
+    mask: torch.Tensor | None, q_valid: torch.Tensor | None, k_valid: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Combine a structural mask with query/key padding into a (B, 1, T_q, T_k) mask.
+
+    Padded keys are never attended. Padded *queries* attend every key the structural mask
+    allows plus all keys, so that no row is empty (an empty row makes softmax NaN, and
+    ``0 * NaN`` would leak into valid rows through later layers); their outputs are garbage by
+    design and must be ignored or zeroed by the caller.
+
+    Args:
+        mask: (T_q, T_k) bool or None (everything allowed).
+        q_valid: (B, T_q) bool or None (all valid).
+        k_valid: (B, T_k) bool or None (all valid).
+
+    Returns:
+        (B, 1, T_q, T_k) bool, (1, 1, T_q, T_k) when no padding is given, or None when all
+        inputs are None.
+
+    Example::
+
+        >>> combine_with_padding(causal_mask(2), torch.tensor([[1, 0]]).bool(),
+        ...                      torch.tensor([[1, 0]]).bool()).int()
+        tensor([[[[1, 0],
+                  [1, 1]]]], dtype=torch.int32)
+    """
+    out = None if mask is None else mask[None, None]
+    if k_valid is not None:
+        kv = k_valid[:, None, None, :]
+        out = kv if out is None else out & kv
+    if q_valid is not None and out is not None:
+        out = out | ~q_valid[:, None, :, None]
+    return out

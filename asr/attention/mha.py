@@ -1,0 +1,308 @@
+"""Multi-head attention shared by the encoder, the decoders, the language model and the
+long-context modules.
+
+One module, three ways to call it:
+
+* :meth:`MultiHeadAttention.forward` — self- or cross-attention with an explicit boolean mask.
+* :meth:`MultiHeadAttention.forward_cached` — self-attention of new positions against a
+  :class:`~asr.attention.kv_cache.KVCache` (streaming encoder blocks, LM decoding).
+* :meth:`MultiHeadAttention.forward_blockwise` — block-causal self-attention over a whole
+  (padded) sequence, computed a slice of query blocks at a time so memory stays linear in the
+  length when the left context is bounded; optional FlexAttention kernel.
+
+Positions (``pos``): ``"none"``, ``"rel"`` (Transformer-XL/conformer relative positions with
+``pos_bias_u``/``pos_bias_v``) or ``"rotary"``. Both position kinds depend only on position
+differences, so cached keys stay valid. The kernel is
+``torch.nn.functional.scaled_dot_product_attention``; the relative term enters as an additive
+float mask.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asr.attention.kv_cache import KVCache
+from asr.attention.masks import block_causal_mask_range, combine_with_padding, padding_mask
+from asr.attention.positions import RelPositionalEncoding, RotaryEmbedding, rel_shift
+
+__all__ = ["MultiHeadAttention", "PosKind", "Kernel", "flex_available"]
+
+PosKind = Literal["none", "rel", "rotary"]
+Kernel = Literal["sdpa", "flex"]
+
+_compiled_flex: Callable | None = None
+
+
+def flex_available() -> bool:
+    """Whether ``torch.nn.attention.flex_attention`` can be imported."""
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _flex_fn(device: torch.device) -> Callable:
+    """Compiled flex_attention on CUDA (fused kernel); eager reference elsewhere (tests)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda":
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with relative or rotary positions and an optional KV cache.
+
+    Args:
+        d_model: model width D (divisible by ``n_heads``).
+        n_heads: number of heads H.
+        dropout: dropout on attention weights (training only, SDPA kernel only).
+        pos: ``"none"``, ``"rel"`` or ``"rotary"`` (self-attention only).
+        kv_dim: width of the memory for cross-attention (default ``d_model``).
+        bias: biases in the projections.
+        rotary_base, rotary_scale: rotary frequency base and position-interpolation factor.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        dropout: float = 0.0,
+        pos: PosKind = "none",
+        kv_dim: int | None = None,
+        bias: bool = True,
+        rotary_base: float = 10000.0,
+        rotary_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        if pos not in ("none", "rel", "rotary"):
+            raise ValueError(f"pos must be 'none', 'rel' or 'rotary', got {pos!r}")
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.dropout, self.pos = dropout, pos
+        kv_dim = d_model if kv_dim is None else kv_dim
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(kv_dim, d_model, bias=bias)
+        self.v_proj = nn.Linear(kv_dim, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        if pos == "rel":
+            self.rel_pos = RelPositionalEncoding(d_model, n_heads)
+            self.pos_bias_u = nn.Parameter(torch.empty(n_heads, self.head_dim))
+            self.pos_bias_v = nn.Parameter(torch.empty(n_heads, self.head_dim))
+            nn.init.xavier_uniform_(self.pos_bias_u)
+            nn.init.xavier_uniform_(self.pos_bias_v)
+        elif pos == "rotary":
+            self.rotary = RotaryEmbedding(self.head_dim, rotary_base, rotary_scale)
+
+    # ----------------------------------------------------------------- projections
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, dh)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(x.transpose(1, 2).flatten(-2))  # (B, T, D)
+
+    def project_self(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, H, T, head_dim) of ``x`` (B, T, D) at positions ``start ..``; rotary applied."""
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        if self.pos == "rotary":
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        return q, k, v
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v (B, H, S, head_dim) of a cross-attention memory (B, S, kv_dim); cache them across steps."""
+        return self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
+
+    # ----------------------------------------------------------------- kernel
+    def _rel_scores(self, q: torch.Tensor, k_len: int, q_start: int, k_start: int) -> torch.Tensor:
+        """Relative-position term ``(q + v_bias) . p_{i-j}`` as (B, H, T_q, T_k), unscaled."""
+        t_q = q.shape[-2]
+        p = self.rel_pos(q_start + t_q - 1 - k_start, t_q + k_len - 1, q.device, q.dtype)  # (R, H, dh)
+        bd = torch.einsum("bhqd,rhd->bhqr", q + self.pos_bias_v[:, None, :], p)  # (B, H, T_q, R)
+        return rel_shift(bd, k_len)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        q_start: int = 0,
+        k_start: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scaled dot-product attention of projected heads.
+
+        Args:
+            q: (B, H, T_q, dh); k, v: (B, H, T_k, dh).
+            q_start, k_start: absolute positions of the first query / key (relative positions).
+            mask: bool, True = may attend, broadcastable to (B, H, T_q, T_k); every row must
+                allow at least one key.
+
+        Returns:
+            (B, H, T_q, dh).
+        """
+        attn_mask = mask
+        if self.pos == "rel":
+            bias = self._rel_scores(q, k.shape[-2], q_start, k_start) / math.sqrt(self.head_dim)
+            if mask is not None:
+                bias = bias.masked_fill(~mask, float("-inf"))
+            q, attn_mask = q + self.pos_bias_u[:, None, :], bias
+        dropout_p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+
+    # ----------------------------------------------------------------- entry points
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+        start: int = 0,
+        memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Self-attention (``memory is None``) or cross-attention.
+
+        Args:
+            x: (B, T, D) queries (and keys/values for self-attention).
+            memory: (B, S, kv_dim) cross-attention memory, or None.
+            mask: bool (T, T_k) or (B, 1, T, T_k), True = may attend; None = everything.
+            start: absolute position of ``x[:, 0]`` (self-attention positions).
+            memory_kv: precomputed :meth:`project_memory` output instead of ``memory``.
+
+        Returns:
+            (B, T, D).
+        """
+        if memory is None and memory_kv is None:
+            q, k, v = self.project_self(x, start)
+            out = self.attend(q, k, v, q_start=start, k_start=start, mask=mask)
+        else:
+            if self.pos != "none":
+                raise ValueError("positions apply to self-attention only; build cross-attention with pos='none'")
+            k, v = memory_kv if memory_kv is not None else self.project_memory(memory)
+            out = self.attend(self._heads(self.q_proj(x)), k, v, mask=mask)
+        return self._merge(out)
+
+    def forward_cached(
+        self, x: torch.Tensor, cache: KVCache, *, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Self-attention of new positions against cached ones.
+
+        Args:
+            x: (B, t, D) new positions ``cache.end .. cache.end + t - 1``.
+            cache: keys/values of earlier positions.
+            mask: bool (t, cache.length + t) or (B, 1, t, cache.length + t); None = attend all
+                cached and all new positions (use a causal mask for t > 1 in an LM).
+
+        Returns:
+            y (B, t, D) and the new cache (trimmed to ``cache.max_len``).
+        """
+        start = cache.end
+        q, k, v = self.project_self(x, start)
+        k_all, v_all = torch.cat([cache.k, k], dim=-2), torch.cat([cache.v, v], dim=-2)
+        out = self.attend(q, k_all, v_all, q_start=start, k_start=cache.start, mask=mask)
+        return self._merge(out), KVCache(k_all, v_all, cache.start, cache.max_len).trimmed()
+
+    def forward_blockwise(
+        self,
+        x: torch.Tensor,
+        x_lens: torch.Tensor | None,
+        *,
+        block_size: int | None,
+        left_blocks: int | None,
+        query_chunk: int = 1024,
+        kernel: Kernel = "sdpa",
+    ) -> torch.Tensor:
+        """Block-causal self-attention over a padded sequence (positions start at 0).
+
+        With the SDPA kernel the queries are processed ``query_chunk`` frames (rounded to whole
+        blocks) at a time, each against only the keys its blocks may see, so with bounded
+        ``left_blocks`` the mask and score memory is O(T) instead of O(T^2); the result equals
+        one call with the full :func:`~asr.attention.masks.block_causal_mask`. Padded keys are
+        never attended; outputs at padded queries are unspecified.
+
+        Args:
+            x: (B, T, D).
+            x_lens: (B,) valid lengths, or None (no padding).
+            block_size, left_blocks: see :func:`~asr.attention.masks.block_causal_mask`.
+            query_chunk: queries per slice (SDPA kernel).
+            kernel: ``"sdpa"`` or ``"flex"`` (FlexAttention block mask; compiled on CUDA).
+
+        Returns:
+            (B, T, D).
+        """
+        t = x.shape[1]
+        q, k, v = self.project_self(x, 0)
+        if kernel == "flex":
+            return self._merge(self._attend_flex(q, k, v, x_lens, block_size, left_blocks))
+        if kernel != "sdpa":
+            raise ValueError(f"kernel must be 'sdpa' or 'flex', got {kernel!r}")
+        valid = None if x_lens is None else padding_mask(x_lens, t)
+        if block_size is None and valid is None:
+            return self._merge(self.attend(q, k, v))
+        step = t if block_size is None else max(1, query_chunk // block_size) * block_size
+        outs = []
+        for q0 in range(0, t, max(step, 1)):
+            q1 = min(t, q0 + step)
+            k0, k1 = 0, t
+            if block_size is not None:
+                k1 = q1  # q1 is a block boundary (or T): later blocks are never visible
+                if left_blocks is not None:
+                    k0 = max(0, (q0 // block_size - left_blocks) * block_size)
+            m = block_causal_mask_range(q0, q1 - q0, k0, k1 - k0, block_size, left_blocks, x.device)
+            if valid is not None:
+                m = combine_with_padding(m, valid[:, q0:q1], valid[:, k0:k1])
+            outs.append(
+                self.attend(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], q_start=q0, k_start=k0, mask=m)
+            )
+        return self._merge(torch.cat(outs, dim=2))
+
+    def _attend_flex(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        x_lens: torch.Tensor | None,
+        block_size: int | None,
+        left_blocks: int | None,
+    ) -> torch.Tensor:
+        """FlexAttention version of :meth:`forward_blockwise` (whole sequence at once)."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        if self.training and self.dropout > 0:
+            raise NotImplementedError("FlexAttention path has no attention dropout; use kernel='sdpa'")
+        b, _, t, _ = q.shape
+        lens = torch.full((b,), t, device=q.device) if x_lens is None else x_lens.to(q.device)
+
+        def mask_mod(bi, hi, qi, ki):  # noqa: ARG001 - flex signature
+            ok = ki < lens[bi]
+            if block_size is not None:
+                qb, kb = qi // block_size, ki // block_size
+                ok = ok & (kb <= qb)
+                if left_blocks is not None:
+                    ok = ok & (qb - kb <= left_blocks)
+            return ok
+
+        block_mask = create_block_mask(mask_mod, b, None, t, t, device=q.device)
+        score_mod = None
+        if self.pos == "rel":
+            bd = (self._rel_scores(q, t, 0, 0) / math.sqrt(self.head_dim)).contiguous()  # (B, H, T, T)
+            q = q + self.pos_bias_u[:, None, :]
+
+            def score_mod(score, bi, hi, qi, ki):
+                return score + bd[bi, hi, qi, ki]
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+            return _flex_fn(q.device)(q, k, v, score_mod=score_mod, block_mask=block_mask)

@@ -1,0 +1,113 @@
+"""Position encodings for attention: relative sinusoidal (conformer) and rotary.
+
+Both depend only on *differences* of absolute positions, so keys kept in a streaming KV cache
+stay valid: the relative term is recomputed from (query position - key position) for each
+call, and rotary keys are cached already rotated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["sinusoid", "RelPositionalEncoding", "rel_shift", "RotaryEmbedding"]
+
+
+def sinusoid(positions: torch.Tensor, dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly negative) positions.
+
+    Args:
+        positions: (N,) integer or float positions.
+        dim: even embedding size.
+
+    Returns:
+        (N, dim) in ``dtype``, ``[sin(p w_0), cos(p w_0), sin(p w_1), ...]`` with
+        ``w_m = 10000^(-2m/dim)``. The phase is computed in float64 so large positions stay
+        accurate, and the same position always gives bit-identical rows.
+    """
+    if dim % 2:
+        raise ValueError(f"sinusoid dim must be even, got {dim}")
+    inv_freq = torch.exp(
+        torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) * (-math.log(10000.0) / dim)
+    )
+    phase = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (N, dim/2)
+    out = torch.stack([phase.sin(), phase.cos()], dim=-1).flatten(-2)
+    return out.to(dtype)
+
+
+class RelPositionalEncoding(nn.Module):
+    """Transformer-XL / conformer relative position embeddings.
+
+    ``forward(max_dist, count)`` returns embeddings for the descending distances
+    ``max_dist, max_dist - 1, ..., max_dist - count + 1`` (distance = query position - key
+    position), projected per head: (count, H, head_dim). Use with :func:`rel_shift`.
+    """
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.linear_pos = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, max_dist: int, count: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        dist = torch.arange(max_dist, max_dist - count, -1, device=device)
+        emb = sinusoid(dist, self.d_model, dtype)  # (count, D)
+        return self.linear_pos(emb).view(count, self.n_heads, self.d_model // self.n_heads)
+
+
+def rel_shift(scores: torch.Tensor, k_len: int) -> torch.Tensor:
+    """Turn per-distance scores into per-key scores.
+
+    Args:
+        scores: (..., T_q, T_q + k_len - 1); column ``r`` of row ``i`` holds the score for
+            distance ``d_max - r`` with ``d_max = (last query position) - (first key position)``.
+        k_len: number of keys.
+
+    Returns:
+        (..., T_q, k_len) with ``out[..., i, j] = scores[..., i, T_q - 1 - i + j]``, i.e. the
+        score for distance ``(q_start + i) - (k_start + j)``.
+
+    Example (T_q=2, k_len=2, columns are distances 1, 0, -1)::
+
+        >>> rel_shift(torch.tensor([[10., 11., 12.], [20., 21., 22.]]), 2)
+        tensor([[11., 12.],
+                [20., 21.]])
+    """
+    t_q, width = scores.shape[-2], scores.shape[-1]
+    if width != t_q + k_len - 1:
+        raise ValueError(f"rel_shift expects {t_q + k_len - 1} distance columns, got {width}")
+    # One zero column makes every row at least k_len wide after the skew (needed for T_q = 1).
+    padded = nn.functional.pad(scores, (0, 1))  # (..., T_q, T_q + k_len)
+    flat = padded.flatten(-2)
+    row = t_q + k_len - 1  # skewed row length
+    skewed = flat[..., t_q - 1 : t_q - 1 + t_q * row].unflatten(-1, (t_q, row))
+    return skewed[..., :k_len]
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoFormer), half-split layout (GPT-NeoX).
+
+    ``scale > 1`` is linear position interpolation (positions divided by ``scale``), the simple
+    extrapolation knob for language models run on longer contexts than they were trained on.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0, scale: float = 1.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary head_dim must be even, got {head_dim}")
+        self.head_dim = head_dim
+        self.base = base
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Rotate ``x`` (B, H, T, head_dim) for absolute positions ``start .. start + T - 1``."""
+        t = x.shape[-2]
+        half = self.head_dim // 2
+        inv_freq = self.base ** (-torch.arange(half, dtype=torch.float64, device=x.device) / half)
+        pos = torch.arange(start, start + t, dtype=torch.float64, device=x.device) / self.scale
+        phase = pos[:, None] * inv_freq[None, :]  # (T, half)
+        cos, sin = phase.cos().to(x.dtype), phase.sin().to(x.dtype)
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)

@@ -1,0 +1,30 @@
+"""Train a model from an experiment YAML; a folder with checkpoints is resumed where it stopped.
+
+Examples:
+  asr train --config egs/mini/conf/sar.yaml --out exp/mini_sar
+  torchrun --nproc-per-node 2 -m asr.cli.main train --config C --out D      # data parallel
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="experiment YAML (model, data, optim, features)")
+    p.add_argument("--out", required=True, help="experiment folder (checkpoints, logs, curves.png)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--max-steps", type=int, default=None, help="override optim.max_steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from asr.train import Trainer, load_experiment
+
+    cfg = load_experiment(args.config)
+    if args.max_steps is not None:
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=args.max_steps))
+    Trainer(cfg, args.out, device=args.device, progress=not args.no_progress).train()
+    return 0

@@ -1,0 +1,71 @@
+"""Configuration of the blockwise conformer encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["EncoderConfig"]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Conformer encoder hyper-parameters.
+
+    Attributes:
+        input_dim: feature dimension (80 log-mel bins).
+        d_model: model width D.
+        n_heads: attention heads.
+        n_layers: conformer blocks.
+        ff_mult: feed-forward hidden width = ``ff_mult * d_model``.
+        conv_kernel: causal depthwise convolution kernel (cache of ``conv_kernel - 1`` frames).
+        subsampling_channels: channels of the two Conv2d subsampling layers (None = d_model).
+        dropout: residual / feed-forward dropout.
+        attn_dropout: dropout on attention weights (SDPA kernel only).
+        pos: self-attention positions, ``"rel"`` (conformer relative), ``"rotary"`` or ``"none"``.
+        kernel: ``"sdpa"``, or ``"flex"`` for FlexAttention block masks (used on CUDA only; CPU
+            falls back to SDPA).
+        query_chunk: queries per attention slice in ``forward`` (memory bound for long inputs).
+        train_block_sizes: block sizes (encoder frames) sampled by dynamic block training;
+            ``None`` = full context.
+        train_left_blocks: left contexts (blocks) sampled alongside; ``None`` = unlimited.
+    """
+
+    input_dim: int = 80
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 12
+    ff_mult: int = 4
+    conv_kernel: int = 15
+    subsampling_channels: int | None = None
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    pos: Literal["rel", "rotary", "none"] = "rel"
+    kernel: Literal["sdpa", "flex"] = "sdpa"
+    query_chunk: int = 1024
+    train_block_sizes: tuple[int | None, ...] = (None, 8, 16, 32)
+    train_left_blocks: tuple[int | None, ...] = (None, 2, 4, 8)
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"EncoderConfig: d_model={self.d_model} not divisible by n_heads={self.n_heads}")
+        if self.input_dim < 7:
+            raise ValueError(f"EncoderConfig: input_dim must be >= 7 for the x4 subsampling, got {self.input_dim}")
+        if self.conv_kernel < 1:
+            raise ValueError(f"EncoderConfig: conv_kernel must be >= 1, got {self.conv_kernel}")
+        if not self.train_block_sizes or not self.train_left_blocks:
+            raise ValueError("EncoderConfig: train_block_sizes and train_left_blocks must not be empty")
+        if any(b is not None and b < 1 for b in self.train_block_sizes):
+            raise ValueError(f"EncoderConfig: train_block_sizes must be >= 1 or null, got {self.train_block_sizes}")
+        if any(n is not None and n < 0 for n in self.train_left_blocks):
+            raise ValueError(f"EncoderConfig: train_left_blocks must be >= 0 or null, got {self.train_left_blocks}")
+
+    @classmethod
+    def tiny(cls) -> "EncoderConfig":
+        """About 0.3M parameters: unit tests and smoke runs."""
+        return cls(d_model=64, n_heads=4, n_layers=2, ff_mult=4, conv_kernel=7, subsampling_channels=32)
+
+    @classmethod
+    def small(cls) -> "EncoderConfig":
+        """About 20M parameters: the default trained model."""
+        return cls(d_model=256, n_heads=4, n_layers=12, ff_mult=4, conv_kernel=15)

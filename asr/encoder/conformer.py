@@ -1,0 +1,222 @@
+"""Blockwise conformer encoder with exact streaming.
+
+``forward`` runs a whole (padded) batch with a block-causal attention mask; ``init_state`` /
+``step`` run the same computation block by block on a stream of feature chunks of any length.
+For the same input and the same ``(block_size, left_blocks)`` both give the same frames (up to
+float rounding), which ``tests/test_encoder.py`` checks.
+
+Why streaming is exact:
+
+* subsampling has no time padding: encoder frame ``t`` depends on feature frames ``4t .. 4t+6``;
+* attention is block-causal: a block's frames see their own block and ``left_blocks`` earlier
+  blocks, which the per-layer KV cache holds;
+* the depthwise convolution is causal (left padding only) and its cache holds the last
+  ``kernel - 1`` inputs; LayerNorm everywhere, no batch statistics;
+* padding never reaches valid frames: padded keys are masked and padded conv inputs zeroed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from asr.attention import KVCache, block_causal_mask_range, padding_mask
+from asr.encoder.config import EncoderConfig
+from asr.encoder.layers import ConformerLayer
+from asr.encoder.subsampling import STRIDE, Conv2dSubsampling, subsampled_length
+
+__all__ = ["ConformerEncoder", "EncoderState", "FRAME_MS", "block_size_from_ms"]
+
+FRAME_MS = 40  # one encoder frame per 40 ms (10 ms features, x4 subsampling)
+
+
+def block_size_from_ms(block_ms: int | None) -> int | None:
+    """Block size in encoder frames for a block length in ms (``None`` = full context).
+
+    Example: 320 -> 8, 640 -> 16, 1280 -> 32.
+    """
+    if block_ms is None:
+        return None
+    if block_ms < FRAME_MS or block_ms % FRAME_MS:
+        raise ValueError(f"block_ms must be a positive multiple of {FRAME_MS}, got {block_ms}")
+    return block_ms // FRAME_MS
+
+
+@dataclass(frozen=True)
+class EncoderState:
+    """Streaming state of :class:`ConformerEncoder` for a batch of equal-length streams.
+
+    Attributes:
+        block_size: encoder frames per block (None = everything is one block, emitted at ``final``).
+        left_blocks: blocks of left context (None = unlimited).
+        feats: (B, t, F) feature frames not yet consumed by the subsampling (starts at feature
+            frame ``4 * (offset + frames.shape[1])``).
+        frames: (B, t', D) subsampled frames waiting for their block to complete.
+        kv: per-layer attention caches (the last ``left_blocks * block_size`` frames).
+        conv: per-layer causal-conv caches, (B, conv_kernel - 1, D) each.
+        offset: encoder frames emitted so far (absolute position of ``frames[:, 0]``).
+        finished: True after a ``final`` step.
+    """
+
+    block_size: int | None
+    left_blocks: int | None
+    feats: torch.Tensor
+    frames: torch.Tensor
+    kv: tuple[KVCache, ...]
+    conv: tuple[torch.Tensor, ...]
+    offset: int = 0
+    finished: bool = False
+
+
+class ConformerEncoder(nn.Module):
+    """Conv2d x4 subsampling + ``n_layers`` macaron conformer blocks with block-causal attention.
+
+    Args:
+        cfg: :class:`EncoderConfig`.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        channels = cfg.subsampling_channels or cfg.d_model
+        self.subsampling = Conv2dSubsampling(cfg.input_dim, cfg.d_model, channels)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(
+            ConformerLayer(cfg.d_model, cfg.n_heads, cfg.ff_mult, cfg.conv_kernel, cfg.dropout, cfg.attn_dropout, cfg.pos)
+            for _ in range(cfg.n_layers)
+        )
+
+    @property
+    def output_dim(self) -> int:
+        return self.cfg.d_model
+
+    @staticmethod
+    def output_lengths(x_lens: torch.Tensor) -> torch.Tensor:
+        """Encoder frames for (B,) feature-frame lengths."""
+        return subsampled_length(x_lens)
+
+    # ---------------------------------------------------------------- training / offline
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_lens: torch.Tensor,
+        block_size: int | None = None,
+        left_blocks: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a padded batch.
+
+        Args:
+            x: (B, T, F) normalised features.
+            x_lens: (B,) valid feature frames.
+            block_size: frames per attention block; None = full context (padding-masked).
+            left_blocks: blocks of left context; None = unlimited.
+
+        Returns:
+            y (B, T', D) with zeros at padded frames, y_lens (B,) where
+            ``T' = ((T - 1) // 2 - 1) // 2``.
+        """
+        _check_block_args(block_size, left_blocks)
+        x_lens = x_lens.to(x.device)
+        y = self.dropout(self.subsampling(x))  # (B, T', D)
+        y_lens = subsampled_length(x_lens)
+        if y.shape[1] == 0:
+            return y, y_lens
+        valid = padding_mask(y_lens, y.shape[1])  # (B, T')
+        kernel = "flex" if self.cfg.kernel == "flex" and x.is_cuda else "sdpa"
+        for layer in self.layers:
+            y = layer(y, y_lens, valid, block_size, left_blocks, query_chunk=self.cfg.query_chunk, kernel=kernel)
+        return y.masked_fill(~valid[..., None], 0.0), y_lens
+
+    def sample_block_config(self, generator: torch.Generator | None = None) -> tuple[int | None, int | None]:
+        """Dynamic block training: draw ``(block_size, left_blocks)`` uniformly from the config.
+
+        The trainer calls this once per batch and passes the result to :meth:`forward`; a
+        ``None`` block size (full context) comes with ``left_blocks=None``.
+        """
+        sizes, lefts = self.cfg.train_block_sizes, self.cfg.train_left_blocks
+        block_size = sizes[int(torch.randint(len(sizes), (1,), generator=generator))]
+        left_blocks = lefts[int(torch.randint(len(lefts), (1,), generator=generator))]
+        return (None, None) if block_size is None else (block_size, left_blocks)
+
+    # ---------------------------------------------------------------- streaming
+    def init_state(
+        self,
+        batch_size: int,
+        block_size: int | None,
+        left_blocks: int | None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> EncoderState:
+        """Empty streaming state for ``batch_size`` equal-length streams."""
+        _check_block_args(block_size, left_blocks)
+        cfg = self.cfg
+        max_len = None if block_size is None or left_blocks is None else block_size * left_blocks
+        heads, head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
+        return EncoderState(
+            block_size=block_size,
+            left_blocks=left_blocks,
+            feats=torch.zeros(batch_size, 0, cfg.input_dim, device=device, dtype=dtype),
+            frames=torch.zeros(batch_size, 0, cfg.d_model, device=device, dtype=dtype),
+            kv=tuple(KVCache.empty(batch_size, heads, head_dim, max_len, device, dtype) for _ in self.layers),
+            conv=tuple(layer.conv.init_cache(batch_size, cfg.d_model, device, dtype) for layer in self.layers),
+        )
+
+    def step(
+        self, x: torch.Tensor, state: EncoderState, final: bool = False
+    ) -> tuple[torch.Tensor, EncoderState]:
+        """Feed feature frames; get the encoder frames of the blocks that became complete.
+
+        Args:
+            x: (B, t, F) the next feature frames, any t >= 0.
+            state: from :meth:`init_state` or the previous ``step``.
+            final: the stream ends here: also emit the trailing partial block (and drop the
+                < 7 leftover feature frames, exactly as :meth:`forward` does).
+
+        Returns:
+            y (B, n, D) — n is a multiple of ``block_size`` unless ``final`` — and the new state.
+        """
+        if state.finished:
+            raise RuntimeError("step() called after final=True; start a new stream with init_state()")
+        feats = torch.cat([state.feats, x.to(state.feats.dtype)], dim=1)
+        n_new = subsampled_length(feats.shape[1])
+        frames = state.frames
+        if n_new > 0:
+            new = self.dropout(self.subsampling.compute(feats[:, : STRIDE * n_new + 3]))
+            feats = feats[:, STRIDE * n_new :]
+            frames = torch.cat([frames, new], dim=1)
+        bs = state.block_size
+        if final:
+            ready = frames.shape[1]
+        elif bs is None:
+            ready = 0  # full context: everything is one block, emitted at the end
+        else:
+            ready = (frames.shape[1] // bs) * bs
+        state = dataclasses.replace(state, feats=feats, frames=frames, finished=final)
+        if ready == 0:
+            return frames[:, :0], state
+
+        y = frames[:, :ready]
+        kv0 = state.kv[0]
+        mask = block_causal_mask_range(
+            state.offset, ready, kv0.start, kv0.length + ready, bs, state.left_blocks, y.device
+        )
+        mask = None if bool(mask.all()) else mask
+        kv, conv = [], []
+        for layer, layer_kv, layer_conv in zip(self.layers, state.kv, state.conv):
+            y, layer_kv, layer_conv = layer.step(y, layer_kv, layer_conv, mask)
+            kv.append(layer_kv)
+            conv.append(layer_conv)
+        state = dataclasses.replace(
+            state, frames=frames[:, ready:], kv=tuple(kv), conv=tuple(conv), offset=state.offset + ready
+        )
+        return y, state
+
+
+def _check_block_args(block_size: int | None, left_blocks: int | None) -> None:
+    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+    if left_blocks is not None and (not isinstance(left_blocks, int) or left_blocks < 0):
+        raise ValueError(f"left_blocks must be a non-negative int or None, got {left_blocks!r}")

@@ -1,0 +1,139 @@
+"""Conformer building blocks: macaron feed-forward, causal convolution module, conformer layer.
+
+Every block has a full-sequence ``forward`` and a streaming ``step`` that takes and returns its
+cache; both run the same arithmetic on the same frames.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asr.attention import Kernel, KVCache, MultiHeadAttention
+
+__all__ = ["FeedForward", "CausalConvModule", "ConformerLayer"]
+
+
+class FeedForward(nn.Module):
+    """Pre-norm feed-forward: LayerNorm -> Linear(D, mD) -> SiLU -> Dropout -> Linear(mD, D) -> Dropout."""
+
+    def __init__(self, d_model: int, mult: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(d_model),
+            nn.Linear(d_model, mult * d_model),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(mult * d_model, d_model),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CausalConvModule(nn.Module):
+    """Conformer convolution module with a causal depthwise convolution.
+
+    LayerNorm -> pointwise (GLU) -> depthwise conv over the current and ``kernel - 1`` past
+    frames -> LayerNorm -> SiLU -> pointwise -> Dropout. LayerNorm replaces BatchNorm so nothing
+    depends on batch statistics, and the only state is the last ``kernel - 1`` GLU outputs.
+    """
+
+    def __init__(self, d_model: int, kernel: int, dropout: float) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.norm_in = nn.LayerNorm(d_model)
+        self.pointwise_in = nn.Linear(d_model, 2 * d_model)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel, groups=d_model)
+        self.norm_mid = nn.LayerNorm(d_model)
+        self.pointwise_out = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def init_cache(self, batch_size: int, d_model: int, device, dtype) -> torch.Tensor:
+        """Zeros (B, kernel - 1, D): the same left padding ``forward`` uses."""
+        return torch.zeros(batch_size, self.kernel - 1, d_model, device=device, dtype=dtype)
+
+    def step(self, x: torch.Tensor, cache: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: x (B, t, D); cache (B, kernel - 1, D) past GLU outputs; valid (B, t) or None.
+
+        Returns: y (B, t, D) and the new cache. Padded frames are zeroed before the
+        convolution (they only ever reach later, also padded, frames).
+        """
+        h = F.glu(self.pointwise_in(self.norm_in(x)), dim=-1)  # (B, t, D)
+        if valid is not None:
+            h = h.masked_fill(~valid[..., None], 0.0)
+        h = torch.cat([cache, h], dim=1)  # (B, kernel - 1 + t, D)
+        new_cache = h[:, h.shape[1] - (self.kernel - 1) :]
+        h = self.depthwise(h.transpose(1, 2)).transpose(1, 2)  # (B, t, D)
+        h = F.silu(self.norm_mid(h))
+        return self.dropout(self.pointwise_out(h)), new_cache
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, D) -> (B, T, D), zero left padding."""
+        cache = self.init_cache(x.shape[0], x.shape[2], x.device, x.dtype)
+        return self.step(x, cache, valid)[0]
+
+
+class ConformerLayer(nn.Module):
+    """Macaron conformer block: x + FF/2, + MHSA, + Conv, + FF/2, LayerNorm.
+
+    Args:
+        d_model, n_heads, ff_mult, conv_kernel, dropout, attn_dropout: sizes and rates.
+        pos: attention positions (``"rel"``, ``"rotary"``, ``"none"``).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        ff_mult: int,
+        conv_kernel: int,
+        dropout: float,
+        attn_dropout: float,
+        pos: str,
+    ) -> None:
+        super().__init__()
+        self.ff1 = FeedForward(d_model, ff_mult, dropout)
+        self.norm_attn = nn.LayerNorm(d_model)
+        self.attn = MultiHeadAttention(d_model, n_heads, dropout=attn_dropout, pos=pos)
+        self.dropout = nn.Dropout(dropout)
+        self.conv = CausalConvModule(d_model, conv_kernel, dropout)
+        self.ff2 = FeedForward(d_model, ff_mult, dropout)
+        self.norm_out = nn.LayerNorm(d_model)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_lens: torch.Tensor,
+        valid: torch.Tensor,
+        block_size: int | None,
+        left_blocks: int | None,
+        *,
+        query_chunk: int = 1024,
+        kernel: Kernel = "sdpa",
+    ) -> torch.Tensor:
+        """x (B, T, D), x_lens (B,), valid (B, T) bool -> (B, T, D) with the block-causal mask."""
+        x = x + 0.5 * self.ff1(x)
+        a = self.attn.forward_blockwise(
+            self.norm_attn(x), x_lens, block_size=block_size, left_blocks=left_blocks,
+            query_chunk=query_chunk, kernel=kernel,
+        )
+        x = x + self.dropout(a)
+        x = x + self.conv(x, valid)
+        x = x + 0.5 * self.ff2(x)
+        return self.norm_out(x)
+
+    def step(
+        self, x: torch.Tensor, kv: KVCache, conv: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, KVCache, torch.Tensor]:
+        """Streaming: x (B, t, D) new frames, their attention ``mask`` against ``kv`` + new
+        frames (None = all) -> (y (B, t, D), new KV cache, new conv cache)."""
+        x = x + 0.5 * self.ff1(x)
+        a, kv = self.attn.forward_cached(self.norm_attn(x), kv, mask=mask)
+        x = x + self.dropout(a)
+        c, conv = self.conv.step(x, conv)
+        x = x + c
+        x = x + 0.5 * self.ff2(x)
+        return self.norm_out(x), kv, conv

@@ -1,0 +1,67 @@
+"""Conv2d x4 subsampling without time padding, so streaming can reproduce it exactly."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["Conv2dSubsampling", "subsampled_length"]
+
+RECEPTIVE_FIELD = 7  # input frames behind one output frame: 4t .. 4t + 6
+STRIDE = 4
+
+
+def subsampled_length(lens: torch.Tensor | int) -> torch.Tensor | int:
+    """Output frames for ``lens`` input frames: ``((n - 1) // 2 - 1) // 2``, at least 0.
+
+    Example: 6 -> 0, 7 -> 1, 10 -> 1, 11 -> 2, 100 -> 24.
+    """
+    if isinstance(lens, int):
+        return max(0, ((lens - 1) // 2 - 1) // 2) if lens >= RECEPTIVE_FIELD else 0
+    out = torch.div(torch.div(lens - 1, 2, rounding_mode="floor") - 1, 2, rounding_mode="floor")
+    return torch.where(lens >= RECEPTIVE_FIELD, out, torch.zeros_like(out))
+
+
+class Conv2dSubsampling(nn.Module):
+    """Two 3x3 stride-2 Conv2d + ReLU, then a linear projection to D.
+
+    Output frame ``t`` depends exactly on input frames ``4t .. 4t + 6`` (no time padding), so a
+    stream keeps the input frames from ``4 * (frames emitted)`` on and recomputes only an overlap
+    of 3 frames.
+
+    Args:
+        input_dim: feature dimension F.
+        d_model: output width D.
+        channels: convolution channels.
+    """
+
+    def __init__(self, input_dim: int, d_model: int, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 3, stride=2)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=2)
+        freq = ((input_dim - 1) // 2 - 1) // 2
+        self.proj = nn.Linear(channels * freq, d_model)
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) -> (B, subsampled_length(T), D), all at once."""
+        h = torch.relu(self.conv1(x[:, None]))  # (B, C, T1, F1)
+        h = torch.relu(self.conv2(h))  # (B, C, T', F')
+        return self.proj(h.transpose(1, 2).flatten(2))  # (B, T', D)
+
+    def forward(self, x: torch.Tensor, chunk_frames: int = 1024) -> torch.Tensor:
+        """(B, T, F) -> (B, T', D), computed ``chunk_frames`` output frames at a time.
+
+        Chunking gives the same numbers (no padding, exact input windows) and bounds the
+        full-resolution convolution activations for long inputs (an hour of audio would
+        otherwise need gigabytes for the first conv's output).
+        """
+        t_out = subsampled_length(x.shape[1])
+        if t_out == 0:
+            return x.new_zeros(x.shape[0], 0, self.proj.out_features)
+        if t_out <= chunk_frames:
+            return self.compute(x[:, : STRIDE * t_out + 3])
+        outs = []
+        for o0 in range(0, t_out, chunk_frames):
+            o1 = min(t_out, o0 + chunk_frames)
+            outs.append(self.compute(x[:, STRIDE * o0 : STRIDE * o1 + 3]))
+        return torch.cat(outs, dim=1)

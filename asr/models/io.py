@@ -1,0 +1,67 @@
+"""Model directories: ``config.yaml`` + ``model.pt`` + ``tokenizer.model`` (+ ``RESULTS.md``).
+
+``config.yaml`` holds the model and feature configs and free-form provenance (data, steps); the
+CMVN statistics travel inside the weights (``cmvn.mean`` / ``cmvn.istd``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from asr.config import from_dict, load_yaml, save_yaml
+from asr.features import FbankConfig
+from asr.models.config import ModelConfig
+from asr.models.model import AsrModel, build_model
+from asr.tokenizer import Tokenizer
+
+__all__ = ["ModelDirConfig", "LoadedModel", "export_model_dir", "load_model_dir"]
+
+
+@dataclass(frozen=True)
+class ModelDirConfig:
+    model: ModelConfig
+    features: FbankConfig = field(default_factory=FbankConfig)
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModel:
+    model: AsrModel
+    tokenizer: Tokenizer
+    features: FbankConfig
+    config: ModelDirConfig
+    path: Path
+
+
+def export_model_dir(state: dict, model_cfg: ModelConfig, features: FbankConfig, tokenizer_path: str | Path,
+                     out_dir: str | Path, half: bool = False, provenance: dict | None = None) -> Path:
+    """Write a self-contained model directory (weights optionally in float16)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model(model_cfg)
+    model.load_state_dict(state)  # checks that the weights fit the config
+    weights = {k: (v.half() if half and v.is_floating_point() and not k.startswith("cmvn.") else v)
+               for k, v in model.state_dict().items()}
+    torch.save(weights, out / "model.pt")
+    save_yaml(ModelDirConfig(model_cfg, features, provenance or {}), out / "config.yaml")
+    if Path(tokenizer_path).resolve() != (out / "tokenizer.model").resolve():
+        shutil.copyfile(tokenizer_path, out / "tokenizer.model")
+    return out
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model directory for inference (float32 weights, eval mode)."""
+    path = Path(path)
+    for name in ("config.yaml", "model.pt", "tokenizer.model"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path}: not a model directory (no {name})")
+    cfg = load_yaml(ModelDirConfig, path / "config.yaml")
+    model = build_model(cfg.model)
+    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.to(device).eval()
+    return LoadedModel(model, Tokenizer(path / "tokenizer.model"), cfg.features, cfg, path)

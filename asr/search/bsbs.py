@@ -1,0 +1,127 @@
+"""Blockwise synchronous beam search (Tsunoo, Kashiwagi, Watanabe, SLT 2021).
+
+The encoder delivers its output block by block. For each new block the beam is extended with the
+usual joint scores (attention decoder over all frames received so far, CTC prefix score over the
+frames received so far, optional LM, length bonus) until the search becomes *unreliable* for the
+frames at hand: some hypothesis in the new beam emits ``<eos>`` (the decoder ran out of acoustic
+evidence), or repeats a token it already holds (the attention decoder re-attends to frames it
+already used; the repetition test is ``BsbsConfig.repetition_test``). That step is discarded and,
+with ``BsbsConfig.backoff``, so is the step before it (conservative backoff: the search resumes
+from the beam two steps before the unreliable one, since the last committed outputs were made with
+little look-ahead). After the last block, :meth:`BlockwiseBeamSearch.finalize` runs the ordinary
+joint beam search to ``<eos>`` over the whole utterance.
+
+Usage::
+
+    bsbs = BlockwiseBeamSearch({"decoder": dec, "ctc": CTCPrefixScorer()},
+                               {"decoder": 0.7, "ctc": 0.3}, BsbsConfig(beam_size=10))
+    for enc_block, ctc_block in blocks:          # (t, D), (t, V)
+        partial = bsbs.extend_block(enc_block, ctc_block)   # Hypothesis, for display
+    nbest = bsbs.finalize()                      # list[Hypothesis], best first
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from asr.search.beam_search import BeamSearch, BeamSearchConfig
+from asr.search.scorer import Beam, Hypothesis, Memory, PartialScorer, Scorer
+
+__all__ = ["BsbsConfig", "BlockwiseBeamSearch"]
+
+
+@dataclass(frozen=True)
+class BsbsConfig(BeamSearchConfig):
+    """:class:`BeamSearchConfig` plus the block-exit rules.
+
+    Args:
+        repetition_test: leave the block when a hypothesis repeats a token it already holds
+            (besides on ``<eos>``).
+        backoff: on leaving a block, also drop the last step committed in it.
+    """
+
+    repetition_test: bool = True
+    backoff: bool = True
+
+
+class BlockwiseBeamSearch:
+    """Stateful blockwise synchronous beam search for one utterance.
+
+    Args:
+        scorers: name -> full or partial scorer (as for :class:`BeamSearch`).
+        weights: name -> weight, plus optional ``"length_bonus"``.
+        config: search and block-exit settings.
+    """
+
+    def __init__(self, scorers: dict[str, Scorer | PartialScorer], weights: dict[str, float],
+                 config: BsbsConfig = BsbsConfig()) -> None:
+        self.search = BeamSearch(scorers, weights, config)
+        self.config = config
+        self.memory: Memory | None = None
+        self.beam: Beam | None = None
+        self.steps_backed_off = 0  # total steps dropped by the backoff (diagnostics)
+
+    def _append(self, enc: Tensor | None, ctc_logp: Tensor | None) -> None:
+        if enc is None and ctc_logp is None:
+            return
+        if self.memory is None:
+            self.memory = Memory(enc=enc, ctc_logp=ctc_logp)
+        else:
+            self.memory = self.memory.append(enc=enc, ctc_logp=ctc_logp)
+
+    def extend_block(self, enc: Tensor | None = None,
+                     ctc_logp: Tensor | None = None) -> Hypothesis:
+        """Receive one block of encoder output and advance the beam as far as it is reliable.
+
+        Args:
+            enc: (t, D) new encoder frames (None if no scorer reads ``memory.enc``).
+            ctc_logp: (t, V) their CTC log-probabilities (None if there is no CTC scorer).
+        Returns:
+            the current best partial hypothesis.
+        """
+        self._append(enc, ctc_logp)
+        if self.memory is None or self.memory.num_frames == 0:
+            return self.best()
+        if self.beam is None:
+            self.beam = self.search.init_beam(self.memory)
+        max_len = self.search.max_len(self.memory)
+        before_last = None  # the beam before the last step committed in this block
+        while self.beam.tokens.shape[1] - 1 < max_len:
+            step = self.search.expand(self.beam, self.memory)
+            if self._unreliable(step.running, step.ended) or len(step.running) == 0:
+                if self.config.backoff and before_last is not None:
+                    self.beam = before_last
+                    self.steps_backed_off += 1
+                break
+            before_last, self.beam = self.beam, step.running
+        return self.best()
+
+    def _unreliable(self, running: Beam, ended: list[Hypothesis]) -> bool:
+        if ended:
+            return True
+        if not self.config.repetition_test or running.tokens.shape[1] < 3:
+            return False
+        history, last = running.tokens[:, 1:-1], running.tokens[:, -1:]
+        return bool((history == last).any())
+
+    def best(self) -> Hypothesis:
+        """The best hypothesis of the current beam (empty before any block)."""
+        if self.beam is None or len(self.beam) == 0:
+            return Hypothesis(tokens=[], score=0.0)
+        return self.beam.hypothesis(0)
+
+    def finalize(self, enc: Tensor | None = None,
+                 ctc_logp: Tensor | None = None) -> list[Hypothesis]:
+        """Receive the last (possibly partial) block, if any, and search to ``<eos>``.
+
+        Returns:
+            n-best list, best first.
+        """
+        self._append(enc, ctc_logp)
+        if self.memory is None or self.memory.num_frames == 0:
+            return []
+        if self.beam is None:
+            self.beam = self.search.init_beam(self.memory)
+        return self.search.search(self.beam, self.memory)

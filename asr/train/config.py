@@ -1,0 +1,113 @@
+"""Experiment configuration: data, features, model and optimisation, loaded from one YAML file."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asr.config import ConfigError, from_dict
+from asr.data.augment import SpecAugmentConfig
+from asr.features import FbankConfig
+from asr.models.config import ModelConfig
+
+__all__ = ["DataConfig", "OptimConfig", "ExperimentConfig", "load_experiment"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Paths are relative to the YAML file's folder unless absolute.
+
+    Attributes:
+        train: training manifests (JSONL), concatenated.
+        valid: validation manifest.
+        tokenizer: sentencepiece model.
+        cmvn: global CMVN statistics (``asr cmvn``); None = estimated from ``train`` at start.
+        batch_seconds: padded seconds per batch (per GPU).
+        max_utterances: cap on utterances per batch.
+        max_duration: drop training utterances longer than this (seconds), reported at start.
+        speeds: speed-perturbation factors (``[1.0]`` = off).
+        num_workers: data loader processes.
+    """
+
+    train: tuple[str, ...] = ()
+    valid: str | None = None
+    tokenizer: str = ""
+    cmvn: str | None = None
+    batch_seconds: float = 200.0
+    max_utterances: int | None = None
+    max_duration: float = 30.0
+    speeds: tuple[float, ...] = (0.9, 1.0, 1.1)
+    num_workers: int = 2
+    valid_max_utterances: int = 500
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then inverse-square-root decay."""
+
+    lr: float = 1e-3
+    warmup_steps: int = 2000
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 5.0
+    accum_steps: int = 1
+    max_steps: int = 20000
+    max_epochs: int | None = None
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 10
+    valid_every: int | None = None  # steps; None = once per epoch
+    log_every: int = 50
+    seed: int = 0
+    dither: float = 0.0
+    spec_augment: SpecAugmentConfig | None = field(default_factory=SpecAugmentConfig)
+    bf16: bool = True  # autocast on CUDA; float32 on CPU regardless
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    features: FbankConfig = field(default_factory=FbankConfig)
+
+
+def load_experiment(path: str | Path, vocab_size: int | None = None) -> ExperimentConfig:
+    """Load an experiment YAML; relative data paths resolve against the file's folder.
+
+    ``model.vocab_size`` may be omitted in the file: it then comes from the tokenizer.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict) or "model" not in raw:
+        raise ConfigError(f"{path}: needs a 'model' section")
+    model = dict(raw["model"] or {})
+    if "vocab_size" not in model:
+        tok = (raw.get("data") or {}).get("tokenizer")
+        if vocab_size is None and tok:
+            from asr.tokenizer import Tokenizer
+
+            vocab_size = Tokenizer(_resolve(tok, path.parent)).vocab_size
+        if vocab_size is None:
+            raise ConfigError(f"{path}: model.vocab_size is missing and no data.tokenizer to take it from")
+        model["vocab_size"] = vocab_size
+    cfg = from_dict(ExperimentConfig, {**raw, "model": model}, source=str(path))
+    d = cfg.data
+    data = dataclasses.replace(
+        d, train=tuple(_resolve(p, path.parent) for p in d.train),
+        valid=_resolve(d.valid, path.parent) if d.valid else None,
+        tokenizer=_resolve(d.tokenizer, path.parent) if d.tokenizer else "",
+        cmvn=_resolve(d.cmvn, path.parent) if d.cmvn else None)
+    return dataclasses.replace(cfg, data=data)
+
+
+def _resolve(p: str, base: Path) -> str:
+    q = Path(p).expanduser()
+    return str(q if q.is_absolute() else (base / q).resolve())

@@ -1,0 +1,76 @@
+"""The trainer: exact resume, checkpoints, logs, averaging and export."""
+
+import csv
+
+import pytest
+import torch
+import yaml
+
+from asr.cli.main import main as asr_main
+from asr.models.io import load_model_dir
+from asr.tokenizer import train_tokenizer
+from asr.train import Trainer, list_checkpoints, load_experiment
+
+
+@pytest.fixture
+def experiment(tts_corpus, tmp_path):
+    from asr.data import read_manifest
+
+    rows = read_manifest(tts_corpus / "all.jsonl")
+    train_tokenizer([r["text"] for r in rows] * 5, tmp_path / "tk", vocab_size=40)
+    cfg = {
+        "model": {"kind": "sar", "encoder": {"d_model": 32, "n_heads": 2, "n_layers": 1, "conv_kernel": 5,
+                                             "subsampling_channels": 16, "dropout": 0.1,
+                                             "train_block_sizes": [None, 4], "train_left_blocks": [None, 1]},
+                  "sar": {"lm": {"d_model": 32, "n_heads": 2, "n_layers": 1}, "fusion_layers": 1, "n_heads": 2}},
+        "data": {"train": [str(tts_corpus / "all.jsonl")], "valid": str(tts_corpus / "all.jsonl"),
+                 "tokenizer": str(tmp_path / "tk.model"), "batch_seconds": 4.0, "num_workers": 0},
+        "optim": {"lr": 2e-3, "warmup_steps": 2, "max_steps": 8, "checkpoint_every": 4, "log_every": 1,
+                  "seed": 3},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _losses(exp_dir):
+    with open(exp_dir / "train.csv") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def test_resume_is_exact(experiment, tmp_path):
+    cfg = load_experiment(experiment)
+    Trainer(cfg, tmp_path / "straight", device="cpu", progress=False).train()
+    import dataclasses
+
+    half = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=4))
+    Trainer(half, tmp_path / "resumed", device="cpu", progress=False).train()  # "killed" after step 4
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["checkpoint-4.pt"]
+    Trainer(cfg, tmp_path / "resumed", device="cpu", progress=False).train()
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert [s for s, _ in resumed] == list(range(1, 9))
+    assert [s for s, _ in straight] == list(range(1, 9))
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-5)
+    assert (tmp_path / "resumed" / "curves.png").is_file()
+    with open(tmp_path / "straight" / "valid.csv") as f:
+        valid = list(csv.DictReader(f))
+    assert valid and "wer_full" in valid[0] and "wer_640ms" in valid[0]
+
+
+def test_unknown_key_is_reported(experiment):
+    experiment.write_text(experiment.read_text().replace("max_steps", "max_stepz"))
+    with pytest.raises(ValueError, match=r"exp.yaml.*unknown key 'max_stepz'"):
+        load_experiment(experiment)
+
+
+def test_cli_train_average_export(experiment, tmp_path, capsys):
+    exp = tmp_path / "exp"
+    assert asr_main(["train", "--config", str(experiment), "--out", str(exp), "--no-progress"]) == 0
+    assert asr_main(["average", "--exp", str(exp), "--num", "2", "--out", str(exp / "avg.pt")]) == 0
+    assert asr_main(["export", "--exp", str(exp), "--weights", str(exp / "avg.pt"),
+                     "--out", str(tmp_path / "model"), "--half"]) == 0
+    loaded = load_model_dir(tmp_path / "model")
+    avg = torch.load(exp / "avg.pt", weights_only=False)["model"]
+    for k, v in loaded.model.state_dict().items():
+        assert torch.allclose(v, avg[k].float(), atol=1e-2), k  # float16 storage
+    assert torch.equal(loaded.model.cmvn.mean, avg["cmvn.mean"])  # CMVN kept in float32
