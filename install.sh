@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install blockasr into ./.venv, with the Debian packages it uses:
+#   espeak-ng, flite  synthetic speech (recipes/tts.py, the egs/mini recipe, the tests)
+# Re-running is cheap: installed packages are skipped.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+packages=(espeak-ng flite)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else sudo="none"; fi
+  if [ "$sudo" = none ] || ! command -v apt-get >/dev/null; then
+    echo "install.sh: please install these Debian packages: ${missing[*]}" >&2
+  else
+    echo "install.sh: installing ${missing[*]}"
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q -e '.[test]'
+echo "install.sh: done; activate with '. .venv/bin/activate'"
