@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_duration", "resample"]
+__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_duration", "resample", "stream_audio"]
 
 SAMPLE_RATE = 16000
 
@@ -110,3 +110,37 @@ def _describe(path: str | Path, error: Exception) -> str:
     if not Path(path).exists():
         return f"{path}: no such audio file"
     return f"{path}: cannot read audio ({error})"
+
+
+def stream_audio(path: str | Path, chunk_seconds: float = 10.0):
+    """Yield 16 kHz mono float32 chunks of ``path`` without reading the whole file (hours-long
+    audio in bounded memory). Resampling is done per chunk with ``_RESAMPLE_PAD`` input samples of
+    context on both sides, so the concatenated chunks equal :func:`load_audio` (up to float
+    rounding) at any rate.
+    """
+    path = Path(path)
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:
+        raise AudioError(_describe(path, e)) from None
+    with f:
+        _check_complete(f, path)
+        sr = f.samplerate
+        g = np.gcd(sr, SAMPLE_RATE)
+        unit = sr // g  # input samples per (SAMPLE_RATE // g) output samples: chunks cut on this grid
+        step = max(unit, int(chunk_seconds * sr) // unit * unit)
+        pad = 0 if sr == SAMPLE_RATE else -(-_RESAMPLE_PAD // unit) * unit
+        ratio = SAMPLE_RATE // g
+        start = 0
+        while start < f.frames:
+            lo = max(0, start - pad)
+            f.seek(lo)
+            data = f.read(min(f.frames, start + step + pad) - lo, dtype="float32", always_2d=True)
+            wave = resample(torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), sr)
+            first = (start - lo) // unit * ratio
+            count = -(-(min(step, f.frames - start)) * SAMPLE_RATE // sr)
+            yield wave[first:first + count].contiguous()
+            start += step
+
+
+_RESAMPLE_PAD = 512  # input samples of context per side; covers torchaudio's sinc kernel

@@ -40,7 +40,8 @@ class Tokenizer:
         return self.sp.encode(text.upper())
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.sp.decode([i for i in ids if i > SOS_EOS])
+        """Text of ``ids`` (special ids dropped, whitespace normalised)."""
+        return " ".join(self.sp.decode([i for i in ids if i > SOS_EOS]).split())
 
     def id_to_piece(self, i: int) -> str:
         return self.sp.id_to_piece(i)

@@ -42,6 +42,8 @@ def kaldi_dir(tmp_path):
     return data
 
 
+SILENCE_LEVEL = 0.003  # amplitude of the faint noise used as "silence" in tests
+
 TTS_SENTENCES = ["HELLO WORLD", "GOOD MORNING TO YOU", "THE CAT SAT ON THE MAT", "SEVEN EIGHT NINE",
                  "OPEN THE DOOR PLEASE", "WHERE IS MY BOOK"]
 
@@ -69,3 +71,60 @@ def tts_corpus(tmp_path_factory):
         for r in rows:
             f.write(json.dumps(r) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tts_corpus, tmp_path_factory):
+    """A tiny SAR + attention-decoder model overfitted on the TTS utterances and exported as a model
+    directory: every decoder can run on it and should reproduce the training transcripts."""
+    import dataclasses
+
+    from asr.data import AsrDataset, collate, read_manifest
+    from asr.encoder import EncoderConfig
+    from asr.features import CmvnAccumulator, Fbank, FbankConfig
+    from asr.models import DecoderConfig, LMConfig, ModelConfig, SARConfig, build_model
+    from asr.models.io import export_model_dir
+    from asr.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    rows = read_manifest(tts_corpus / "all.jsonl")
+    tok = train_tokenizer([r["text"] for r in rows] * 5, out / "tok", vocab_size=48)
+    items = [AsrDataset(rows, tok)[i] for i in range(len(rows))]
+    # each utterance also appears between stretches of faint noise, and pairs of utterances with
+    # noise between them, so that the model learns blank on silence and speech after silence
+    # (the endpointing tests rely on it)
+    noise = torch.Generator().manual_seed(1)
+
+    def quiet(seconds: float) -> torch.Tensor:
+        return SILENCE_LEVEL * torch.randn(int(16000 * seconds), generator=noise)
+
+    padded = [(utt + "-pad", torch.cat([quiet(0.2), wave, quiet(1.0)]), ids) for utt, wave, ids in items]
+    pairs = [(f"{a[0]}+{b[0]}", torch.cat([a[1], quiet(1.2), b[1]]), torch.cat([a[2], b[2]]))
+             for a, b in zip(items[0::2], items[1::2])]
+    b = collate(items + padded + pairs)
+    fb = FbankConfig()
+    feats, feat_lens = Fbank(fb)(b.waves, b.wave_lens)
+    acc = CmvnAccumulator()
+    for f, n in zip(feats, feat_lens):
+        acc.add(f[:n])
+    enc = dataclasses.replace(EncoderConfig.tiny(), dropout=0.0, train_block_sizes=(None, 4, 8),
+                              train_left_blocks=(None, 2))
+    cfg = ModelConfig(vocab_size=tok.vocab_size, kind="sar", encoder=enc,
+                      decoder=DecoderConfig(d_model=64, n_layers=1, dropout=0.0, label_smoothing=0.0),
+                      sar=SARConfig(lm=LMConfig(d_model=64, n_layers=1, dropout=0.0), fusion_layers=1, dropout=0.0))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.cmvn.load_state_dict(acc.result().state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    steps = 450
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        block_size, left_blocks = model.encoder.sample_block_config(gen)
+        losses = model(feats, feat_lens, b.tokens, b.token_lens, block_size, left_blocks)
+        opt.zero_grad()
+        losses.total.backward()
+        opt.step()
+        schedule.step()
+    return export_model_dir(model.state_dict(), cfg, fb, tok.path, out / "model",
+                            provenance={"note": "test fixture"})

@@ -51,8 +51,8 @@ def test_overfits_synthetic_speech(batch, kind):
         opt.zero_grad()
         losses.total.backward()
         opt.step()
-        first = first if first is not None else float(losses.total)
-        last = float(losses.total)
+        first = first if first is not None else float(losses.total.detach())
+        last = float(losses.total.detach())
     assert last <= 0.1 * first, (first, last)
     model.eval()
     with torch.no_grad():

@@ -22,11 +22,15 @@ _COMMANDS = [
     ("train", "asr.cli.train", "train a model from an experiment YAML (resumes automatically)"),
     ("average", "asr.cli.average", "average the last N checkpoints"),
     ("export", "asr.cli.export", "export weights to a model directory"),
+    ("transcribe", "asr.cli.transcribe", "transcribe audio files (text, json, srt, vtt)"),
+    ("decode", "asr.cli.decode", "decode and score a data set: WER, RTF, latency"),
 ]
 
-
-class _Error(Exception):
-    pass
+# Subcommands with their own argument parser (the server package): argv is handed over as is.
+_PASSTHROUGH = {
+    "serve": ("server.cli", "serve_main", "WebSocket streaming server (native, Vosk, WeNet) + browser page"),
+    "stream": ("server.cli", "stream_main", "stream a file or the microphone to a server"),
+}
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -43,10 +47,16 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict]:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         modules[name] = module
+    for name, (_, _, help_text) in _PASSTHROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser, modules
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _PASSTHROUGH:
+        module_name, func, _ = _PASSTHROUGH[argv[0]]
+        return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)
     parser, modules = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

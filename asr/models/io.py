@@ -18,7 +18,12 @@ from asr.models.config import ModelConfig
 from asr.models.model import AsrModel, build_model
 from asr.tokenizer import Tokenizer
 
-__all__ = ["ModelDirConfig", "LoadedModel", "export_model_dir", "load_model_dir"]
+__all__ = ["ModelDirConfig", "LoadedModel", "export_model_dir", "load_model_dir", "default_model_dir"]
+
+
+def default_model_dir() -> Path:
+    """The model shipped in the repository (``models/default``)."""
+    return Path(__file__).resolve().parents[2] / "models" / "default"
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ class BeamSearchConfig:
         pre_beam_size: candidates per hypothesis handed to partial scorers (None: 1.5 x beam).
         maxlen_ratio: at most ``max(1, int(maxlen_ratio * T))`` tokens for T encoder frames;
             a hypothesis that long can only end.
-        end_detect: stop once, for each of the last 3 lengths, the best hypothesis that ended
-            at that length is more than 10 nats worse than the best ended one (ESPnet's rule).
+        end_detect: also stop once, for each of the last 3 lengths, the best hypothesis that
+            ended at that length is more than 10 nats worse than the best ended one (ESPnet).
         sos, eos, blank: special ids (``blank`` is never emitted).
     """
 
@@ -135,6 +135,8 @@ class BeamSearch:
         else:
             pre = weighted.masked_fill(_blank_mask(weighted, cfg.blank), -torch.inf)
             candidates = pre.topk(min(self.pre_beam_size, pre.shape[1]), dim=1).indices
+        if eos_only:
+            candidates = torch.full((n, 1), cfg.eos, dtype=torch.long, device=weighted.device)
         for name, scorer in self.partial.items():
             logp, new_states[name] = scorer.score_partial(beam.tokens, beam.states[name], memory,
                                                           candidates)
@@ -144,9 +146,6 @@ class BeamSearch:
         allowed = torch.zeros(n, vocab, dtype=torch.bool, device=weighted.device)
         allowed.scatter_(1, candidates, True)
         allowed[:, cfg.blank] = False
-        if eos_only:
-            allowed[:, :] = False
-            allowed[:, cfg.eos] = True
         totals = (beam.scores[:, None] + weighted + self.length_bonus).masked_fill(~allowed,
                                                                                   -torch.inf)
         top = totals.flatten().topk(min(cfg.beam_size, totals.numel()))
@@ -171,7 +170,12 @@ class BeamSearch:
 
     def search(self, beam: Beam, memory: Memory,
                ended: list[Hypothesis] | None = None) -> list[Hypothesis]:
-        """Run the search from ``beam`` until every hypothesis has ended (or end detection).
+        """Run the search from ``beam`` until it is done.
+
+        Done when no hypothesis is left; or when ``beam_size`` hypotheses have ended and the
+        best live one scores below all of the best ``beam_size`` ended ones (exact when scores
+        cannot grow: weights >= 0 and ``length_bonus <= 0``, since every scorer increment is a
+        log-probability <= 0; a heuristic otherwise); or by ``end_detect``.
 
         Returns:
             up to ``beam_size`` finished hypotheses, best first (empty if none could end).
@@ -182,6 +186,10 @@ class BeamSearch:
             length = beam.tokens.shape[1] - 1
             beam, new = self.expand(beam, memory, eos_only=length >= max_len)
             ended.extend(new)
+            if len(ended) >= self.config.beam_size and len(beam) > 0:
+                kth = sorted((h.score for h in ended), reverse=True)[self.config.beam_size - 1]
+                if float(beam.scores.max()) < kth:
+                    break
             if self.config.end_detect and _end_detected(ended, length + 1):
                 break
         return sorted(ended, key=lambda h: h.score, reverse=True)[: self.config.beam_size]

@@ -189,7 +189,7 @@ def _prefix_beam_kernel(logp, cands, beam, blank):
 
 
 def ctc_prefix_beam_search(logp: Tensor, beam: int, blank: int = BLANK,
-                           token_topk: int | None = None) -> list[Hypothesis]:
+                           token_topk: int | None = 16) -> list[Hypothesis]:
     """CTC prefix beam search: the ``beam`` most probable label sequences, each scored by the sum
     over all its frame paths (prefixes that collapse to the same labels are merged).
 
@@ -199,7 +199,8 @@ def ctc_prefix_beam_search(logp: Tensor, beam: int, blank: int = BLANK,
         logp: (T, V) log-probabilities.
         beam: number of prefixes kept per frame (and the size of the returned n-best).
         token_topk: extend prefixes only with the ``token_topk`` best non-blank tokens of each
-            frame (None: all tokens).
+            frame (None: all tokens; exact but slow for large vocabularies, ~6 s for T=300,
+            V=5000, beam 10 on one CPU core against ~30 ms with 16).
     Returns:
         n-best list, best first; ``score`` and ``scores["ctc"]`` are the log-probability.
     """

@@ -156,15 +156,16 @@ class CTCPrefixScorer:
             memory: ``memory.ctc_logp`` (T, V).
             candidates: (N, K) token ids to score.
         Returns:
-            logp: (N, V) ``psi(g + c) - psi(g)`` at the candidates, ``-inf`` elsewhere.
+            logp: (N, V) float64 ``psi(g + c) - psi(g)`` at the candidates, ``-inf`` elsewhere.
             new_states: input of ``select_state``.
         """
+        if memory.ctc_logp is None:
+            raise ValueError("CTCPrefixScorer needs memory.ctc_logp (T, V); the memory has none")
         state = self.extend(states, prefixes, memory)
         logp = memory.ctc_logp
         n, v = prefixes.shape[0], logp.shape[1]
-        x = logp.to(torch.float64)
-        x_c = x[:, candidates].clamp(min=-1e5)                               # (T, N, K)
-        x_b = x[:, self.blank].clamp(min=-1e5)[:, None, None]                # (T, 1, 1)
+        x_c = logp[:, candidates].to(torch.float64).clamp(min=-1e5)         # (T, N, K)
+        x_b = logp[:, self.blank].to(torch.float64).clamp(min=-1e5)[:, None, None]  # (T, 1, 1)
         r_n, r_b = state.r_n[:, :, None], state.r_b[:, :, None]             # (T + 1, N, 1)
         last = prefixes[:, -1:] if prefixes.shape[1] > 1 else prefixes.new_full((n, 1), -1)
         # phi[j]: probability of g ending at frame j - 1 such that c may start at frame j
@@ -185,7 +186,7 @@ class CTCPrefixScorer:
         out = logp.new_full((n, v), _NEG, dtype=torch.float64).scatter(1, candidates, delta)
         new = CtcPrefixCandidates(parent=state, candidates=candidates, r_n=cand_n, r_b=cand_b,
                                   psi=psi)
-        return out.to(logp.dtype), new
+        return out, new
 
     def select_state(self, states: CtcPrefixCandidates, index: Tensor,
                      token: Tensor) -> CtcPrefixState:

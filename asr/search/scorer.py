@@ -24,7 +24,9 @@ Contract details, shared by all implementations:
   build the state of hypothesis ``prefixes[index[m]] + [token[m]]`` for each kept ``m``.
 - ``memory`` is a :class:`Memory`: all encoder output received so far for one utterance. It may
   grow between calls (streaming); a scorer must then use the new frames (the CTC prefix scorer
-  extends its forward variables over them).
+  extends its forward variables over them). A scorer whose cache depends on the memory (an
+  attention decoder's per-layer caches) may keep entries computed with fewer frames, as ESPnet's
+  blockwise search does, or recompute them: the full prefix is passed on every call.
 
 Example, a bigram table as a full scorer::
 

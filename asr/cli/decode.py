@@ -1,0 +1,128 @@
+"""Decode a data set and score it: hypotheses, per-utterance errors, WER, real-time factor and
+final-result latency. The last line printed is one JSON object with the numbers and the settings.
+
+Audio is fed in 100 ms chunks as a live client would send it. Final-result latency is the compute
+time from the arrival of the last chunk to the final result. RTF is total compute / audio duration.
+
+Examples:
+  asr decode --data ../shared/corpora/speechocean762/dev --decoder sar --out exp/dec/sar
+  asr decode --model models/default --data test.jsonl --decoder offline --block-ms full --out exp/dec/off
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from asr.cli.transcribe import add_decoding_arguments, load, recognizer_config
+
+CHUNK_SECONDS = 0.1
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="Kaldi data dir or JSONL manifest")
+    add_decoding_arguments(p)
+    p.add_argument("--out", required=True, help="output folder (hyp.txt, ref.txt, errors.txt, summary.json)")
+    p.add_argument("--max-utts", type=int, default=None, help="decode only the first N utterances (sorted by id)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.epilog = "--block-ms full (offline decoder only): one full-context pass per utterance, no streaming."
+
+
+def _rows(data: str) -> list[dict]:
+    from asr.data import read_manifest
+    from asr.data.kaldi import read_kaldi_dir
+
+    path = Path(data)
+    if path.is_dir():
+        report = read_kaldi_dir(path, progress=False)
+        for utt, msg in report.errors:
+            print(f"error: {utt}: {msg}", file=sys.stderr)
+        return report.rows
+    return read_manifest(path)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def run(args: argparse.Namespace) -> int:
+    import jiwer
+    import torch
+    from tqdm import tqdm
+
+    from asr.audio import AudioError, load_audio
+    from asr.decode import offline_decode
+    from asr.features import Fbank
+    from streaming import Recognizer
+
+    full = args.block_ms == "full"
+    if full and args.decoder != "offline":
+        raise ValueError("--block-ms full works with --decoder offline only (streaming needs a block)")
+    loaded = load(args)
+    cfg = None if full else recognizer_config(args)
+    rows = sorted(_rows(args.data), key=lambda r: r["id"])[: args.max_utts]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fbank = Fbank(loaded.features)
+    refs, hyps, ids, latencies = [], [], [], []
+    compute = audio = 0.0
+    errors = 0
+    chunk = int(CHUNK_SECONDS * loaded.features.sample_rate)
+    for row in tqdm(rows, desc=f"decode {args.decoder}", unit="utt", disable=args.quiet, file=sys.stderr):
+        try:
+            wave = load_audio(row["audio"], row.get("start"), row.get("end"))
+        except AudioError as e:
+            print(f"error: {row['id']}: {e}", file=sys.stderr)
+            errors += 1
+            continue
+        t0 = time.perf_counter()
+        if full:
+            with torch.no_grad():
+                feats, _ = fbank(wave[None], torch.tensor([wave.numel()]))
+                text = loaded.tokenizer.decode(offline_decode(loaded.model, feats[0], args.beam, args.ctc_weight).ids)
+            t_last = t0
+        else:
+            rec = Recognizer(loaded, cfg)
+            finals = []
+            last = max(0, (wave.numel() - 1) // chunk * chunk)
+            for s in range(0, last, chunk):
+                finals += [r for r in rec.accept_waveform(wave[s:s + chunk].numpy()) if r.is_final]
+            t_last = time.perf_counter()
+            finals += [r for r in rec.accept_waveform(wave[last:].numpy()) + rec.finalize() if r.is_final]
+            text = " ".join(r.text for r in finals if r.text)
+        t1 = time.perf_counter()
+        latencies.append(1000 * (t1 - t_last))
+        compute += t1 - t0
+        audio += wave.numel() / loaded.features.sample_rate
+        ids.append(row["id"])
+        refs.append(row["text"])
+        hyps.append(text)
+
+    scored = jiwer.process_words(refs, [h if h else "" for h in hyps]) if refs else None
+    with open(out / "hyp.txt", "w") as fh, open(out / "ref.txt", "w") as fr, open(out / "errors.txt", "w") as fe:
+        for i, (utt, ref, hyp) in enumerate(zip(ids, refs, hyps)):
+            fh.write(f"{utt} {hyp}\n")
+            fr.write(f"{utt} {ref}\n")
+            one = jiwer.process_words(ref, hyp or "")
+            n = one.substitutions + one.deletions + one.insertions
+            fe.write(f"{utt} errors={n} sub={one.substitutions} del={one.deletions} ins={one.insertions} "
+                     f"words={len(ref.split())}\n  REF: {ref}\n  HYP: {hyp}\n")
+    summary = {
+        "wer": round(100 * scored.wer, 2) if scored else None,
+        "substitutions": scored.substitutions if scored else 0, "deletions": scored.deletions if scored else 0,
+        "insertions": scored.insertions if scored else 0, "utterances": len(ids), "unreadable": errors,
+        "audio_seconds": round(audio, 1), "rtf": round(compute / max(audio, 1e-9), 4),
+        "latency_ms_p50": round(_percentile(latencies, 0.5), 1), "latency_ms_p90": round(_percentile(latencies, 0.9), 1),
+        "decoder": args.decoder, "block_ms": args.block_ms, "left_blocks": args.left_blocks, "beam": args.beam,
+        "ctc_weight": args.ctc_weight, "tentative_frames": args.tentative_frames, "threads": args.threads,
+        "model": str(loaded.path), "data": args.data,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return 0

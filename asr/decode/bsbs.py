@@ -1,0 +1,67 @@
+"""Blockwise synchronous beam search on the model's attention decoder + CTC prefix scorer (+ LM)."""
+
+from __future__ import annotations
+
+import torch
+
+from asr.decode.base import Tokens
+from asr.models.decoder import DecoderScorer
+from asr.models.lm import LMScorer, TransformerLM
+from asr.search import BlockwiseBeamSearch, BsbsConfig, CTCPrefixScorer, ctc_forced_align
+from asr.search.scorer import LENGTH_BONUS, Hypothesis
+
+__all__ = ["BsbsDecoder", "joint_scorers", "aligned_tokens"]
+
+
+def joint_scorers(model, ctc_weight: float, lm: TransformerLM | None = None, lm_weight: float = 0.0,
+                  length_bonus: float = 0.0) -> tuple[dict, dict]:
+    """The scorers and weights of joint CTC/attention search (``decoder: 1 - ctc_weight``)."""
+    if model.decoder is None:
+        raise ValueError("this model has no attention decoder: use --decoder ctc or sar")
+    scorers = {"decoder": DecoderScorer(model.decoder), "ctc": CTCPrefixScorer()}
+    weights = {"decoder": 1.0 - ctc_weight, "ctc": ctc_weight, LENGTH_BONUS: length_bonus}
+    if lm is not None and lm_weight:
+        scorers["lm"], weights["lm"] = LMScorer(lm), lm_weight
+    return scorers, weights
+
+
+def aligned_tokens(ids: list[int], ctc_logp: torch.Tensor) -> Tokens:
+    """Spike frames of ``ids`` by CTC forced alignment (evenly spread when they cannot align)."""
+    if not ids:
+        return Tokens()
+    T = ctc_logp.shape[0]
+    need = len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
+    if need <= T:
+        frames = ctc_forced_align(ctc_logp, ids).token_frames.tolist()
+    else:
+        frames = [min(T - 1, k * T // len(ids)) for k in range(len(ids))]
+    return Tokens(list(ids), frames)
+
+
+class BsbsDecoder:
+    """Streaming joint decoding with :class:`BlockwiseBeamSearch`; partials are the best hypothesis."""
+
+    def __init__(self, model, beam: int = 10, ctc_weight: float = 0.3, length_bonus: float = 0.0,
+                 lm: TransformerLM | None = None, lm_weight: float = 0.0, repetition_test: bool = True,
+                 backoff: bool = True):
+        scorers, weights = joint_scorers(model, ctc_weight, lm, lm_weight, length_bonus)
+        self.search = BlockwiseBeamSearch(scorers, weights, BsbsConfig(
+            beam_size=beam, repetition_test=repetition_test, backoff=backoff))
+        self.ctc = []
+        self.best = Hypothesis(tokens=[], score=0.0)
+
+    @torch.no_grad()
+    def accept_block(self, enc: torch.Tensor, ctc_logp: torch.Tensor) -> None:
+        if enc.shape[0]:
+            self.ctc.append(ctc_logp)
+            self.best = self.search.extend_block(enc, ctc_logp)
+
+    def partial(self) -> Tokens:
+        return Tokens(self.best.tokens, [0] * len(self.best.tokens))
+
+    @torch.no_grad()
+    def finalize(self) -> Tokens:
+        nbest = self.search.finalize()
+        if not nbest:
+            return Tokens()
+        return aligned_tokens(nbest[0].tokens, torch.cat(self.ctc))

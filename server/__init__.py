@@ -1,0 +1,7 @@
+"""blockasr streaming server: WebSocket (native `/asr`, Vosk `/vosk`, WeNet `/wenet`), plain HTTP
+(`/`, `/healthz`, `/metrics`) and a Python client. See docs/INTERFACES.md and DESIGN.md."""
+
+from .app import AsrServer, run_server, serve
+from .config import ServerConfig
+
+__all__ = ["AsrServer", "ServerConfig", "run_server", "serve"]

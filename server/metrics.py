@@ -1,0 +1,84 @@
+"""Prometheus text-format metrics, without a client library (a gauge, counters, one histogram).
+
+All updates happen on the event loop thread, so plain integers and floats suffice.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+
+__all__ = ["Histogram", "Metrics", "LATENCY_BUCKETS_S"]
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    """Cumulative-bucket histogram; `quantile` estimates from bucket upper bounds."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.buckets) + 1)  # last slot: +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self, name: str, help_text: str) -> list[str]:
+        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        running = 0
+        for bound, n in zip(self.buckets, self.counts):
+            running += n
+            lines.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
+        lines.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
+        lines.append(f"{name}_sum {self.sum:.6f}")
+        lines.append(f"{name}_count {self.count}")
+        return lines
+
+
+class Metrics:
+    """The server's counters. `render()` returns the `/metrics` body."""
+
+    def __init__(self) -> None:
+        self.sessions = 0  # gauge: open WebSocket sessions
+        self.sessions_total = 0
+        self.audio_seconds = 0.0
+        self.partial_latency = Histogram()
+        self.errors: Counter[str] = Counter()
+
+    def session_opened(self) -> None:
+        self.sessions += 1
+        self.sessions_total += 1
+
+    def session_closed(self) -> None:
+        self.sessions -= 1
+
+    def add_audio(self, num_samples: int, sample_rate: int) -> None:
+        self.audio_seconds += num_samples / sample_rate
+
+    def error(self, code: str) -> None:
+        self.errors[code] += 1
+
+    def render(self) -> str:
+        lines = [
+            "# HELP asr_sessions Open streaming sessions.",
+            "# TYPE asr_sessions gauge",
+            f"asr_sessions {self.sessions}",
+            "# HELP asr_sessions_total Streaming sessions opened since start.",
+            "# TYPE asr_sessions_total counter",
+            f"asr_sessions_total {self.sessions_total}",
+            "# HELP asr_audio_seconds_total Seconds of audio received.",
+            "# TYPE asr_audio_seconds_total counter",
+            f"asr_audio_seconds_total {self.audio_seconds:.3f}",
+            *self.partial_latency.render(
+                "asr_partial_latency_seconds",
+                "Time from receiving audio to sending the result that includes it.",
+            ),
+            "# HELP asr_errors_total Errors sent to clients, by code.",
+            "# TYPE asr_errors_total counter",
+        ]
+        lines += [f'asr_errors_total{{code="{code}"}} {n}' for code, n in sorted(self.errors.items())]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,160 @@
+"""The native protocol on `/asr` (DESIGN.md, "Streaming protocol").
+
+client -> {"type":"start","sample_rate":16000,"format":"s16le"}  (optional: decoder, block_ms,
+          nbest, timestamps), binary s16le frames, {"type":"end"}
+server -> {"type":"ready"}, {"type":"partial","segment":n,"text":...},
+          {"type":"final","segment":n,"text":...,"words":[{"word","start","end"}]},
+          {"type":"error","code":...,"message":...}; after "end": the last final, then {"type":"done"}.
+
+Partials and finals also carry `audio_s`: the seconds of audio the server had processed when it
+produced them (clients use it to measure latency). An error is followed by a close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+from .limits import ProtocolError, check_sample_rate, parse_json_object
+from .recognizer import Result, result_words
+from .scheduler import Delivery, Stream
+from .session import Session
+
+__all__ = ["StartOptions", "parse_start", "result_message", "handle"]
+
+_START_KEYS = {"type", "sample_rate", "format", "decoder", "block_ms", "nbest", "timestamps"}
+_END_OF_OUTBOX = Delivery([], 0.0)  # put by the handler after the last real delivery
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    decoder: str | None = None
+    block_ms: int | None = None
+    nbest: int = 1
+    timestamps: bool = True
+
+
+def parse_start(obj: dict[str, Any]) -> StartOptions:
+    """Validate a `start` message; every problem names the field."""
+    unknown = sorted(set(obj) - _START_KEYS)
+    if unknown:
+        raise ProtocolError("bad_message", f"unknown field(s) in start: {', '.join(unknown)}")
+    check_sample_rate(obj.get("sample_rate", 16000))
+    if obj.get("format", "s16le") != "s16le":
+        raise ProtocolError("bad_format", f"format must be \"s16le\", got {obj.get('format')!r}")
+    decoder = obj.get("decoder")
+    if decoder is not None and not isinstance(decoder, str):
+        raise ProtocolError("bad_option", f"decoder must be a string, got {decoder!r}")
+    block_ms = obj.get("block_ms")
+    if block_ms is not None and (isinstance(block_ms, bool) or not isinstance(block_ms, int) or block_ms <= 0):
+        raise ProtocolError("bad_option", f"block_ms must be a positive integer, got {block_ms!r}")
+    nbest = obj.get("nbest", 1)
+    if isinstance(nbest, bool) or not isinstance(nbest, int) or nbest < 1:
+        raise ProtocolError("bad_option", f"nbest must be an integer >= 1, got {nbest!r}")
+    timestamps = obj.get("timestamps", True)
+    if not isinstance(timestamps, bool):
+        raise ProtocolError("bad_option", f"timestamps must be true or false, got {timestamps!r}")
+    return StartOptions(decoder, block_ms, nbest, timestamps)
+
+
+def result_message(result: Result, audio_s: float, timestamps: bool) -> dict[str, Any]:
+    if not result.is_final:
+        return {"type": "partial", "segment": result.segment, "text": result.text, "audio_s": round(audio_s, 3)}
+    words = [{"word": w, "start": round(s, 3), "end": round(e, 3)} for w, s, e in result_words(result)]
+    return {
+        "type": "final",
+        "segment": result.segment,
+        "text": result.text,
+        "words": words if timestamps else [],
+        "audio_s": round(audio_s, 3),
+    }
+
+
+async def _send(session: Session, obj: dict[str, Any]) -> None:
+    await session.ws.send(json.dumps(obj, ensure_ascii=False))
+
+
+async def _pump(session: Session, stream: Stream, opts: StartOptions) -> None:
+    """Send the stream's results as they come; a recognizer failure ends the session."""
+    while True:
+        delivery = await stream.outbox.get()
+        if delivery is _END_OF_OUTBOX:
+            return
+        for result in delivery.results:
+            await _send(session, result_message(result, delivery.audio_s, opts.timestamps))
+        if delivery.error is not None:
+            session.record_error("internal", repr(delivery.error))
+            await _send(session, {"type": "error", "code": "internal", "message": "recognizer failed"})
+            await session.close(1011, "recognizer failed")
+            return
+
+
+async def _send_error(session: Session, error: ProtocolError) -> None:
+    session.record_error(error.code, error.message)
+    try:
+        await _send(session, {"type": "error", "code": error.code, "message": error.message})
+    except ConnectionClosed:
+        return
+    await session.close(error.close_code, error.message)
+
+
+async def handle(session: Session) -> None:
+    """Run one native-protocol session to the end."""
+    pump: asyncio.Task[None] | None = None
+
+    async def finish() -> None:  # finalize, flush every result, stop the pump
+        await session.finalize()
+        assert session.stream is not None and pump is not None
+        session.stream.outbox.put_nowait(_END_OF_OUTBOX)
+        await pump
+
+    try:
+        message = await session.receive()
+        if message is None:
+            raise ProtocolError("shutting_down", "server is shutting down")
+        if isinstance(message, bytes):
+            raise ProtocolError("not_started", "audio before start: send {\"type\":\"start\",...} first")
+        obj = parse_json_object(message)
+        if obj.get("type") != "start":
+            raise ProtocolError("not_started", f"first message must be type \"start\", got {obj.get('type')!r}")
+        opts = parse_start(obj)
+        stream = await session.open_stream(opts.decoder, opts.block_ms)
+        await _send(session, {"type": "ready", "sample_rate": 16000})
+        pump = asyncio.create_task(_pump(session, stream, opts))
+        while True:
+            message = await session.receive()
+            if message is None or pump.done():
+                break
+            if isinstance(message, bytes):
+                session.accept_audio(message)
+                await session.wait_for_room()
+                continue
+            obj = parse_json_object(message)
+            kind = obj.get("type")
+            if kind == "end":
+                break
+            if kind == "start":
+                raise ProtocolError("already_started", "start received twice")
+            raise ProtocolError("unknown_type", f"unknown message type {kind!r} (expected binary audio or \"end\")")
+        if not pump.done():
+            await finish()
+            await _send(session, {"type": "done"})
+            if session.draining:
+                await session.close(1001, "server shutting down")
+    except ProtocolError as error:
+        if session.graceful(error) and pump is not None and not pump.done():
+            try:
+                await finish()
+            except ConnectionClosed:
+                return
+        await _send_error(session, error)
+    except ConnectionClosed:
+        pass
+    finally:
+        if pump is not None and not pump.done():
+            pump.cancel()
+        session.release()

@@ -1,0 +1,293 @@
+"""One model, many streams: a single worker thread batches the ready audio of all sessions.
+
+Sessions `feed` audio (non-blocking); the scheduler task collects the streams that have work,
+runs them in one call on the model thread (`factory.process_batch` when offered, else one after
+another), and puts each stream's results into its `outbox`. A stream is in at most one pass at a
+time, so its audio is processed in order; audio that arrives during a pass joins the next one.
+
+    session --feed--> Stream.pending --scheduler pass (model thread)--> Stream.outbox --> session
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .config import SAMPLE_RATE
+from .recognizer import Recognizer, RecognizerFactory, Result, process_sequential
+
+__all__ = ["Delivery", "Stream", "Scheduler"]
+
+log = logging.getLogger("server")
+
+BatchFn = Callable[[list[tuple[Recognizer, np.ndarray]]], list[list[Result]]]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one scheduler pass produced for one stream.
+
+    Args:
+        results: partials and finals, in order.
+        audio_s: seconds of audio processed for this stream so far (after this pass).
+        error: the recognizer raised; the stream is dead.
+    """
+
+    results: list[Result]
+    audio_s: float
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class Stream:
+    """Scheduler-side state of one session. Fields are touched on the event loop only."""
+
+    recognizer: Recognizer
+    outbox: asyncio.Queue[Delivery] = field(default_factory=asyncio.Queue)
+    pending: deque[np.ndarray] = field(default_factory=deque)
+    pending_samples: int = 0
+    pending_since: float | None = None  # monotonic time the oldest pending audio arrived
+    processed_samples: int = 0
+    busy: bool = False
+    closed: bool = False
+    failed: bool = False
+    finalize_requested: bool = False
+    finalized: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set: nothing pending, not busy
+    has_room: asyncio.Event = field(default_factory=asyncio.Event)  # set: pending below the cap
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+        self.has_room.set()
+
+    def take_outbox(self) -> list[Delivery]:
+        """All deliveries waiting in the outbox, without blocking."""
+        items = []
+        while not self.outbox.empty():
+            items.append(self.outbox.get_nowait())
+        return items
+
+
+@dataclass(frozen=True)
+class _Work:
+    stream: Stream
+    samples: np.ndarray | None  # (n,) float32, None: no audio this pass
+    finalize: bool
+
+
+class Scheduler:
+    """Runs every recognizer call on one worker thread, batching across sessions.
+
+    Args:
+        factory: makes recognizers; its optional `process_batch` is the batching hook.
+        max_batch: most streams in one pass.
+        max_chunk_samples: most samples of one stream per pass.
+        max_pending_samples: `wait_for_room` blocks a stream with more buffered audio than this.
+        on_latency: called with the seconds from a stream's oldest processed audio arriving to its
+            results being delivered (feeds the partial-latency histogram).
+    """
+
+    def __init__(
+        self,
+        factory: RecognizerFactory,
+        *,
+        max_batch: int = 32,
+        max_chunk_samples: int = 32000,
+        max_pending_samples: int = 160000,
+        on_latency: Callable[[float], None] | None = None,
+    ) -> None:
+        self.factory = factory
+        self.max_batch = max_batch
+        self.max_chunk_samples = max_chunk_samples
+        self.max_pending_samples = max_pending_samples
+        self.on_latency = on_latency
+        self._batch_fn: BatchFn = getattr(factory, "process_batch", None) or process_sequential
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-model")
+        self._ready: dict[Stream, None] = {}  # insertion-ordered set: FIFO fairness
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.passes = 0  # scheduler passes run (for tests/benchmarks)
+        self.max_batch_seen = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="asr-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._executor.shutdown(wait=True)
+
+    # -- per-stream API (event loop) ---------------------------------------------------------
+    async def open(self, decoder: str | None = None, block_ms: int | None = None) -> Stream:
+        """A new stream; the recognizer is built on the model thread. Raises what the factory raises."""
+        loop = asyncio.get_running_loop()
+        rec = await loop.run_in_executor(self._executor, lambda: self.factory(decoder=decoder, block_ms=block_ms))
+        return Stream(recognizer=rec)
+
+    def feed(self, stream: Stream, samples: np.ndarray) -> None:
+        """Queue (n,) float32 audio for `stream`; returns at once."""
+        if stream.closed or stream.failed or stream.finalize_requested or samples.size == 0:
+            return
+        stream.pending.append(samples)
+        stream.pending_samples += samples.size
+        if stream.pending_since is None:
+            stream.pending_since = time.monotonic()
+        if stream.pending_samples > self.max_pending_samples:
+            stream.has_room.clear()
+        self._mark_ready(stream)
+
+    async def wait_for_room(self, stream: Stream) -> None:
+        """Wait while `stream` has more buffered audio than `max_pending_samples`."""
+        await stream.has_room.wait()
+
+    async def drain(self, stream: Stream) -> None:
+        """Wait until all audio fed so far has been processed (results are in the outbox)."""
+        await stream.idle.wait()
+
+    async def finalize(self, stream: Stream) -> None:
+        """Process all fed audio, then `recognizer.finalize()`; results land in the outbox."""
+        if stream.finalized or stream.failed or stream.closed:
+            return
+        stream.finalize_requested = True
+        self._mark_ready(stream)
+        while not (stream.finalized or stream.failed or stream.closed):
+            await stream.idle.wait()
+            if not (stream.finalized or stream.failed or stream.closed):
+                stream.idle.clear()  # the finalize pass is queued; wait for it
+                self._mark_ready(stream)
+
+    def close(self, stream: Stream) -> None:
+        """Forget `stream` (client gone); an in-flight pass finishes and its results are dropped."""
+        stream.closed = True
+        stream.pending.clear()
+        stream.pending_samples = 0
+        self._ready.pop(stream, None)
+        stream.idle.set()
+        stream.has_room.set()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _mark_ready(self, stream: Stream) -> None:
+        stream.idle.clear()
+        if not stream.busy:
+            self._ready[stream] = None
+        self._wake.set()
+
+    def _take_batch(self) -> list[_Work]:
+        work = []
+        for stream in list(self._ready)[: self.max_batch]:
+            del self._ready[stream]
+            samples = self._take_chunk(stream)
+            finalize = stream.finalize_requested and not stream.pending and not stream.finalized
+            if samples is None and not finalize:
+                self._settle(stream)
+                continue
+            stream.busy = True
+            work.append(_Work(stream, samples, finalize))
+        return work
+
+    def _take_chunk(self, stream: Stream) -> np.ndarray | None:
+        parts, n = [], 0
+        while stream.pending and n < self.max_chunk_samples:
+            part = stream.pending.popleft()
+            room = self.max_chunk_samples - n
+            if part.size > room:
+                stream.pending.appendleft(part[room:])
+                part = part[:room]
+            parts.append(part)
+            n += part.size
+        if not parts:
+            return None
+        stream.pending_samples -= n
+        if stream.pending_samples <= self.max_pending_samples:
+            stream.has_room.set()
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _settle(self, stream: Stream) -> None:
+        """After a pass: requeue the stream if it has more work, else mark it idle."""
+        stream.busy = False
+        more = stream.pending or (stream.finalize_requested and not stream.finalized)
+        if stream.closed or stream.failed or not more:
+            stream.idle.set()
+        else:
+            self._ready[stream] = None
+            self._wake.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._ready:
+                work = self._take_batch()
+                if not work:
+                    continue
+                self.passes += 1
+                self.max_batch_seen = max(self.max_batch_seen, len(work))
+                started = {id(w.stream): w.stream.pending_since for w in work}
+                for w in work:
+                    w.stream.pending_since = time.monotonic() if w.stream.pending else None
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, self._process, work)
+                except Exception as exc:  # noqa: BLE001 - _process catches model errors; this is a bug
+                    log.exception("scheduler pass failed")
+                    outcomes = [([], exc)] * len(work)
+                now = time.monotonic()
+                for w, (results, error) in zip(work, outcomes):
+                    self._deliver(w, results, error, started[id(w.stream)], now)
+
+    def _deliver(
+        self, w: _Work, results: list[Result], error: BaseException | None, since: float | None, now: float
+    ) -> None:
+        stream = w.stream
+        if w.samples is not None:
+            stream.processed_samples += w.samples.size
+        if w.finalize and error is None:
+            stream.finalized = True
+        if error is not None:
+            stream.failed = True
+        if not stream.closed:
+            if results and since is not None and self.on_latency is not None:
+                self.on_latency(now - since)
+            if results or error is not None:
+                stream.outbox.put_nowait(Delivery(results, stream.processed_samples / SAMPLE_RATE, error))
+        self._settle(stream)
+
+    def _process(self, work: list[_Work]) -> list[tuple[list[Result], BaseException | None]]:
+        """Model thread: batched `accept_waveform`, then the finalizes; errors stay per stream."""
+        out: list[tuple[list[Result], BaseException | None]] = [([], None) for _ in work]
+        audio = [i for i, w in enumerate(work) if w.samples is not None]
+        if audio and self._batch_fn is process_sequential:
+            for i in audio:  # one stream's failure leaves the others untouched
+                try:
+                    out[i] = (list(work[i].stream.recognizer.accept_waveform(work[i].samples)), None)
+                except Exception as exc:  # noqa: BLE001 - reported to that client only
+                    out[i] = ([], exc)
+        elif audio:
+            items = [(work[i].stream.recognizer, work[i].samples) for i in audio]
+            try:
+                for i, res in zip(audio, self._batch_fn(items), strict=True):
+                    out[i] = (list(res), None)
+            except Exception as exc:  # noqa: BLE001 - a batched call cannot tell whose input failed
+                for i in audio:
+                    out[i] = ([], exc)
+        for i, w in enumerate(work):
+            if w.finalize and out[i][1] is None:
+                try:
+                    out[i] = (out[i][0] + list(w.stream.recognizer.finalize()), None)
+                except Exception as exc:  # noqa: BLE001
+                    out[i] = (out[i][0], exc)
+        return out

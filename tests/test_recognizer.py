@@ -1,0 +1,135 @@
+"""Streaming recognition with a real (tiny, overfitted) model: every decoder, chunking invariance,
+timestamps, endpointing, and the transcribe / decode commands."""
+
+import json
+import random
+
+import pytest
+import soundfile as sf
+import torch
+
+from asr.audio import load_audio, resample
+from asr.cli.main import main as asr_main
+from asr.data import read_manifest
+from asr.models.io import load_model_dir
+from streaming import EndpointConfig, Recognizer, RecognizerConfig
+from streaming.endpoint import Endpointer
+
+from conftest import SILENCE_LEVEL
+
+DECODERS = ["ctc", "sar", "bsbs", "offline"]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    return load_model_dir(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def rows(tts_corpus):
+    return read_manifest(tts_corpus / "all.jsonl")
+
+
+def _run(loaded, cfg, wave, sizes):
+    rec = Recognizer(loaded, cfg)
+    results, i = [], 0
+    while i < wave.numel():
+        n = next(sizes)
+        results += rec.accept_waveform(wave[i:i + n].numpy())
+        i += n
+    return results + rec.finalize()
+
+
+def _finals(results):
+    return [(r.text, r.segment, r.tokens, r.words) for r in results if r.is_final]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_decoders_recognise_training_speech(loaded, rows, decoder):
+    for row in rows[:3]:
+        wave = load_audio(row["audio"])
+        results = _run(loaded, RecognizerConfig(decoder=decoder, block_ms=320), wave, iter(lambda: 1600, None))
+        assert results[-1].is_final and results[-1].text == row["text"]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("block_ms", [160, 320])
+def test_chunking_invariance(loaded, rows, decoder, block_ms):
+    wave = torch.cat([load_audio(r["audio"]) for r in rows[:2]])  # two sentences in one stream
+    cfg = RecognizerConfig(decoder=decoder, block_ms=block_ms)
+    whole = _run(loaded, cfg, wave, iter(lambda: wave.numel(), None))
+    rng = random.Random(block_ms)
+    for sizes in (iter(lambda: rng.randint(1, 4000), None), iter(lambda: 160, None)):
+        got = _run(loaded, cfg, wave, sizes)
+        assert _finals(got) == _finals(whole)
+
+
+def test_word_timestamps_are_ordered_and_inside_audio(loaded, rows):
+    wave = load_audio(rows[2]["audio"])
+    final = _run(loaded, RecognizerConfig(decoder="sar", block_ms=320), wave, iter(lambda: 8000, None))[-1]
+    assert [w.word for w in final.words] == rows[2]["text"].split()
+    times = [t for w in final.words for t in (w.start, w.end)]
+    assert times == sorted(times) and times[-1] <= wave.numel() / 16000 + 0.1
+
+
+def test_endpointing_splits_segments(loaded, rows):
+    silence = SILENCE_LEVEL * torch.randn(16000 * 2, generator=torch.Generator().manual_seed(0))
+    a, b = load_audio(rows[0]["audio"]), load_audio(rows[1]["audio"])
+    wave = torch.cat([a, silence, b, silence])
+    cfg = RecognizerConfig(decoder="sar", block_ms=320, endpoint=EndpointConfig(trailing_blank_ms=800))
+    finals = [r for r in _run(loaded, cfg, wave, iter(lambda: 3200, None)) if r.is_final]
+    texts = [r.text for r in finals if r.text]
+    assert texts == [rows[0]["text"], rows[1]["text"]]
+    assert [r.segment for r in finals if r.text] == [0, 1]
+    second = [r for r in finals if r.text][1]
+    assert second.words[0].start >= (a.numel() + silence.numel()) / 16000 - 0.2
+
+
+def test_endpointer_rules():
+    ep = Endpointer(EndpointConfig(trailing_blank_ms=120, max_segment_ms=400, max_silence_ms=200), frame_ms=40)
+    assert not ep.update([0, 0, 5, 0, 0])
+    assert ep.update([0])  # 3 blanks after speech = 120 ms
+    ep.reset()
+    assert not ep.update([0] * 4) and ep.update([0])  # 200 ms of silence, no speech
+    ep.reset()
+    assert ep.update([5] * 10)  # max segment length
+
+
+def test_bad_config_is_clear(loaded):
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        RecognizerConfig(decoder="beam")
+    with pytest.raises(ValueError, match="multiple of 40"):
+        RecognizerConfig(block_ms=100)
+
+
+def test_transcribe_cli(tiny_model_dir, loaded, rows, tmp_path, capsys):
+    """The CLI reads the 44.1 kHz file in chunks (resampling each) and must give exactly what the
+    recognizer gives on the whole file loaded at once."""
+    wav = tmp_path / "two.wav"
+    a, b = load_audio(rows[0]["audio"]), load_audio(rows[1]["audio"])
+    quiet = SILENCE_LEVEL * torch.randn(24000, generator=torch.Generator().manual_seed(0))
+    sf.write(wav, resample(torch.cat([a, quiet, b]), 16000, 44100).numpy(), 44100)
+    cfg = RecognizerConfig(decoder="sar", block_ms=320)
+    expected = [r for r in _run(loaded, cfg, load_audio(wav), iter(lambda: 16000, None)) if r.is_final and r.text]
+    assert len(expected) == 2  # an endpoint in the pause
+    assert asr_main(["transcribe", str(wav), "--model", str(tiny_model_dir), "--format", "json", "--block-ms", "320"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["text"] == " ".join(r.text for r in expected)
+    assert [s["text"] for s in out["segments"]] == [r.text for r in expected]
+    assert out["segments"][1]["words"][0]["start"] > 1.0
+    assert asr_main(["transcribe", str(wav), "--model", str(tiny_model_dir), "--format", "srt", "--block-ms", "320"]) == 0
+    srt = capsys.readouterr().out
+    assert srt.startswith("1\n00:00:0") and "\n2\n00:00:0" in srt
+    assert asr_main(["transcribe", str(tmp_path / "missing.wav"), "--model", str(tiny_model_dir)]) == 1
+    assert "missing.wav: no such audio file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("decoder,block", [("sar", "320"), ("offline", "full")])
+def test_decode_cli(tiny_model_dir, tts_corpus, tmp_path, capsys, decoder, block):
+    out = tmp_path / decoder
+    assert asr_main(["decode", "--model", str(tiny_model_dir), "--data", str(tts_corpus / "all.jsonl"),
+                     "--decoder", decoder, "--block-ms", block, "--out", str(out), "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["wer"] == 0.0 and summary["utterances"] == 6
+    assert summary["rtf"] > 0 and summary["latency_ms_p90"] >= summary["latency_ms_p50"] > 0
+    assert len((out / "hyp.txt").read_text().splitlines()) == 6

@@ -1,0 +1,117 @@
+"""The scheduler on its own: batching across streams, per-stream order, caps, closing, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_server_fake import BatchingFakeFactory, FakeFactory, direct_finals, make_audio, random_frames, run  # noqa: E402
+
+from server.scheduler import Scheduler  # noqa: E402
+
+
+def _finals(stream) -> list[str]:
+    return [r.text for d in stream.take_outbox() for r in d.results if r.is_final]
+
+
+def _f32(pcm: np.ndarray) -> np.ndarray:
+    return pcm.astype(np.float32) / 32768.0
+
+
+def test_ready_streams_are_batched_in_one_pass() -> None:
+    factory = BatchingFakeFactory()
+    audios = [make_audio(1.0, i) for i in range(3)]
+
+    async def main():
+        sched = Scheduler(factory, max_batch=8)
+        sched.start()
+        streams = [await sched.open() for _ in audios]
+        for s, a in zip(streams, audios):  # all fed before the worker runs
+            sched.feed(s, _f32(a))
+        for s in streams:
+            await sched.finalize(s)
+        await sched.stop()
+        return streams
+
+    streams = run(main())
+    assert factory.batch_sizes[0] == 3
+    assert [_finals(s) for s in streams] == [direct_finals(a) for a in audios]
+
+
+def test_chunk_cap_keeps_order_and_max_batch_is_respected() -> None:
+    factory = BatchingFakeFactory()
+    audios = [make_audio(3.0, 10 + i) for i in range(5)]
+
+    async def main():
+        sched = Scheduler(factory, max_batch=2, max_chunk_samples=5000)
+        sched.start()
+        streams = [await sched.open() for _ in audios]
+        for s, a in zip(streams, audios):
+            for frame in random_frames(a, 1):
+                sched.feed(s, _f32(frame))
+        await asyncio.gather(*(sched.finalize(s) for s in streams))
+        await sched.stop()
+        return streams, sched
+
+    streams, sched = run(main())
+    assert [_finals(s) for s in streams] == [direct_finals(a) for a in audios]
+    assert max(factory.batch_sizes) == 2 and sched.max_batch_seen == 2
+
+
+def test_sequential_default_isolates_a_failing_stream() -> None:
+    good, poison = make_audio(1.0, 3), np.full(3200, 32000, dtype=np.int16)
+
+    async def main():
+        sched = Scheduler(FakeFactory(fail_on_peak=0.9))
+        sched.start()
+        a, b = await sched.open(), await sched.open()
+        sched.feed(a, _f32(poison))
+        sched.feed(b, _f32(good))
+        await sched.finalize(a)
+        await sched.finalize(b)
+        await sched.stop()
+        return a, b
+
+    a, b = run(main())
+    assert a.failed and any(d.error is not None for d in a.take_outbox())
+    assert _finals(b) == direct_finals(good)
+
+
+class _GatedFactory(FakeFactory):
+    """Blocks the model thread until `gate` is set, to hold a pass in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def process_batch(self, items):
+        self.gate.wait(10)
+        return [rec.accept_waveform(x) for rec, x in items]
+
+
+def test_close_while_busy_drops_results_and_backpressure() -> None:
+    factory = _GatedFactory()
+    pcm = _f32(make_audio(2.0, 5))
+
+    async def main():
+        sched = Scheduler(factory, max_chunk_samples=4000, max_pending_samples=8000)
+        sched.start()
+        s = await sched.open()
+        sched.feed(s, pcm[:4000])
+        await asyncio.sleep(0.05)  # the pass is now in flight, blocked on the gate
+        sched.feed(s, pcm[4000:16000])  # 12000 pending > 8000: no room
+        room_while_blocked = s.has_room.is_set()
+        sched.close(s)
+        factory.gate.set()
+        await asyncio.sleep(0.05)
+        await sched.stop()
+        return s, room_while_blocked
+
+    s, room = run(main())
+    assert room is False
+    assert s.closed and s.outbox.empty()  # the in-flight pass finished; its results were dropped
