@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Install blockasr into ./.venv, with the Debian packages it uses:
-#   espeak-ng, flite  synthetic speech (recipes/tts.py, the egs/mini recipe, the tests)
+#   espeak-ng, flite             synthetic speech (recipes/tts.py, the egs/mini recipe, the tests)
+#   chromium, chromium-driver    only with --test: the browser-page test drives headless Chromium
 # Re-running is cheap: installed packages are skipped.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 packages=(espeak-ng flite)
+if [ "${1:-}" = "--test" ]; then
+  packages+=(chromium chromium-driver)
+elif [ -n "${1:-}" ]; then
+  echo "usage: ./install.sh [--test]" >&2
+  exit 2
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
