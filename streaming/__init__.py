@@ -1,10 +1,10 @@
 """Stateful streaming recognition: online features, block decoders, endpointing, results."""
 
 from streaming.endpoint import EndpointConfig, Endpointer
-from streaming.recognizer import DECODERS, Recognizer, RecognizerConfig, Result
+from streaming.recognizer import DECODERS, Recognizer, RecognizerConfig, Result, process_batch
 
 __all__ = ["DECODERS", "EndpointConfig", "Endpointer", "Recognizer", "RecognizerConfig", "Result",
-           "make_recognizer_factory"]
+           "make_recognizer_factory", "process_batch"]
 
 
 def make_recognizer_factory(model_dir, decoder: str = "sar", block_ms: int = 640, device: str = "cpu", **options):
@@ -23,4 +23,5 @@ def make_recognizer_factory(model_dir, decoder: str = "sar", block_ms: int = 640
 
     factory.loaded = loaded
     factory.config = base
+    factory.process_batch = process_batch  # the server batches the encoder steps of its sessions
     return factory

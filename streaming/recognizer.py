@@ -21,9 +21,10 @@ from asr.decode import (FRAME_SECONDS, BsbsDecoder, CtcGreedyDecoder, SarGreedyD
 from asr.encoder import block_size_from_ms
 from asr.features import OnlineFbank
 from asr.models.io import LoadedModel
+from asr.models.lm import TransformerLM
 from streaming.endpoint import EndpointConfig, Endpointer
 
-__all__ = ["DECODERS", "RecognizerConfig", "Result", "Recognizer"]
+__all__ = ["DECODERS", "RecognizerConfig", "Result", "Recognizer", "process_batch"]
 
 DECODERS = ("ctc", "sar", "bsbs", "offline")
 
@@ -37,6 +38,7 @@ class RecognizerConfig:
         block_ms: encoder block (latency); a multiple of 40 ms.
         left_blocks: encoder left context in blocks (None = unlimited; bounded keeps memory flat).
         beam, ctc_weight, length_bonus: beam searches (bsbs, offline).
+        lm_weight: shallow-fusion weight of the LM given to :class:`Recognizer` (bsbs, offline).
         tentative_frames: SAR boundary rule ``g`` (0 = naive).
         partials: emit partial results.
     """
@@ -47,6 +49,7 @@ class RecognizerConfig:
     beam: int = 10
     ctc_weight: float = 0.3
     length_bonus: float = 0.0
+    lm_weight: float = 0.0
     tentative_frames: int = 2
     partials: bool = True
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
@@ -71,15 +74,28 @@ class Result:
 
 
 class Recognizer:
-    """Streaming recognition of one audio stream with a loaded model (see module docstring)."""
+    """Streaming recognition of one audio stream with a loaded model (see module docstring).
 
-    def __init__(self, loaded: LoadedModel, cfg: RecognizerConfig = RecognizerConfig()):
-        self.loaded, self.cfg = loaded, cfg
+    Args:
+        lm: language model for shallow fusion (weight ``cfg.lm_weight``; bsbs and offline decoders),
+            on the model's device and trained with the model's tokenizer (``asr.models.lm_io.load_lm_dir``).
+    """
+
+    def __init__(self, loaded: LoadedModel, cfg: RecognizerConfig = RecognizerConfig(),
+                 lm: TransformerLM | None = None):
+        self.loaded, self.cfg, self.lm = loaded, cfg, lm
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         if cfg.decoder == "sar" and self.model.sar is None:
             raise ValueError(f"{loaded.path}: this model has no SAR decoder; use --decoder ctc")
         if cfg.decoder == "bsbs" and self.model.decoder is None:
             raise ValueError(f"{loaded.path}: this model has no attention decoder; use --decoder ctc or sar")
+        if cfg.lm_weight:
+            if lm is None:
+                raise ValueError("lm_weight is set but no LM was given (--lm DIR)")
+            if cfg.decoder not in ("bsbs", "offline"):
+                raise ValueError(f"LM shallow fusion works with the bsbs and offline decoders, not {cfg.decoder!r}")
+            if lm.vocab_size != loaded.tokenizer.vocab_size:
+                raise ValueError(f"the LM has {lm.vocab_size} tokens, the model's tokenizer {loaded.tokenizer.vocab_size}")
         self.device = next(self.model.parameters()).device
         self.block_size = block_size_from_ms(cfg.block_ms)
         self.fbank = OnlineFbank(loaded.features).to(self.device)
@@ -100,16 +116,14 @@ class Recognizer:
         if c.decoder == "sar":
             return SarGreedyDecoder(self.model.sar, c.tentative_frames)
         if c.decoder == "bsbs":
-            return BsbsDecoder(self.model, beam=c.beam, ctc_weight=c.ctc_weight, length_bonus=c.length_bonus)
+            return BsbsDecoder(self.model, beam=c.beam, ctc_weight=c.ctc_weight, length_bonus=c.length_bonus,
+                               lm=self.lm, lm_weight=c.lm_weight)
         return CtcGreedyDecoder()  # ctc, and offline's streaming pass (partials, endpoints)
 
     # ------------------------------------------------------------------ public
     def accept_waveform(self, samples: np.ndarray | torch.Tensor) -> list[Result]:
         """Feed 16 kHz mono float32 samples in [-1, 1]; returns new partial/final results."""
-        if self.finished:
-            raise RuntimeError("accept_waveform after finalize: create a new Recognizer per stream")
-        x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten()
-        return self._feed(self.fbank.accept(x), final=False)
+        return self._feed(self._features(samples), final=False)
 
     def finalize(self) -> list[Result]:
         """Flush the last partial block and end the stream; the last result is always a final."""
@@ -121,14 +135,27 @@ class Recognizer:
         return results
 
     # ------------------------------------------------------------------ internals
-    @torch.no_grad()
-    def _feed(self, feats: torch.Tensor, final: bool) -> list[Result]:
+    def _features(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if self.finished:
+            raise RuntimeError("accept_waveform after finalize: create a new Recognizer per stream")
+        x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten()
+        return self.fbank.accept(x)
+
+    def _encoder_input(self, feats: torch.Tensor) -> torch.Tensor:
+        """Normalised (1, t, F) encoder input; the offline decoder also keeps the raw features."""
         if self.cfg.decoder == "offline" and feats.shape[0]:
             self.feats.append(feats)
             self.feat_frames += feats.shape[0]
-        x = self.model.cmvn(feats)[None]
-        enc, self.state = self.model.encoder.step(x, self.state, final=final)
-        enc = enc[0]
+        return self.model.cmvn(feats)[None]
+
+    @torch.no_grad()
+    def _feed(self, feats: torch.Tensor, final: bool) -> list[Result]:
+        enc, self.state = self.model.encoder.step(self._encoder_input(feats), self.state, final=final)
+        return self._decode_blocks(enc[0], final)
+
+    @torch.no_grad()
+    def _decode_blocks(self, enc: torch.Tensor, final: bool) -> list[Result]:
+        """Run the block decoder and the endpointer over new encoder frames (t, D)."""
         results: list[Result] = []
         step = self.block_size or max(enc.shape[0], 1)
         for s in range(0, enc.shape[0], step):
@@ -159,7 +186,8 @@ class Recognizer:
         lo = 4 * self.segment_start - self.feat_start
         hi = 4 * self.frames + 3 - self.feat_start
         tokens = offline_decode(self.model, feats[max(lo, 0):hi], beam=self.cfg.beam,
-                                ctc_weight=self.cfg.ctc_weight, length_bonus=self.cfg.length_bonus)
+                                ctc_weight=self.cfg.ctc_weight, length_bonus=self.cfg.length_bonus,
+                                lm=self.lm, lm_weight=self.cfg.lm_weight)
         keep_from = 4 * self.frames - self.feat_start  # the next segment's first feature frame
         self.feats = [feats[keep_from:]]
         self.feat_start += keep_from
@@ -179,3 +207,22 @@ class Recognizer:
             return None  # a silent segment: nothing to report
         self.segment += 1
         return result
+
+
+@torch.no_grad()
+def process_batch(work: list[tuple[Recognizer, np.ndarray]]) -> list[list[Result]]:
+    """``accept_waveform`` for many streams at once: the encoder steps of streams sharing a model
+    run as one batch where their states allow (:meth:`ConformerEncoder.step_batch`). Each result
+    list equals what ``rec.accept_waveform(samples)`` would have returned."""
+    results: list[list[Result]] = [[] for _ in work]
+    by_model: dict[int, list[int]] = {}
+    for i, (rec, _) in enumerate(work):
+        by_model.setdefault(id(rec.model), []).append(i)
+    for members in by_model.values():
+        recs = [work[i][0] for i in members]
+        xs = [rec._encoder_input(rec._features(work[i][1])) for rec, i in zip(recs, members)]
+        outs = recs[0].model.encoder.step_batch(xs, [rec.state for rec in recs])
+        for rec, i, (enc, state) in zip(recs, members, outs):
+            rec.state = state
+            results[i] = rec._decode_blocks(enc[0], final=False)
+    return results

@@ -133,3 +133,27 @@ def test_decode_cli(tiny_model_dir, tts_corpus, tmp_path, capsys, decoder, block
     assert summary["wer"] == 0.0 and summary["utterances"] == 6
     assert summary["rtf"] > 0 and summary["latency_ms_p90"] >= summary["latency_ms_p50"] > 0
     assert len((out / "hyp.txt").read_text().splitlines()) == 6
+
+
+def test_process_batch_equals_one_by_one(loaded, rows):
+    """The server's batching hook: several streams stepped together give each stream's own results."""
+    from streaming import process_batch
+
+    cfg = RecognizerConfig(decoder="sar", block_ms=320)
+    waves = [load_audio(r["audio"]).numpy() for r in rows[:4]]
+    alone = [Recognizer(loaded, cfg) for _ in waves]
+    together = [Recognizer(loaded, cfg) for _ in waves]
+    want = [[] for _ in waves]
+    got = [[] for _ in waves]
+    chunk = 5120  # 320 ms: the streams stay in lockstep, so their encoder steps are batched
+    for start in range(0, max(len(w) for w in waves), chunk):
+        work = [(rec, w[start:start + chunk]) for rec, w in zip(together, waves)]
+        for i, res in enumerate(process_batch(work)):
+            got[i] += res
+        for i, (rec, w) in enumerate(zip(alone, waves)):
+            want[i] += rec.accept_waveform(w[start:start + chunk])
+    for i in range(len(waves)):
+        want[i] += alone[i].finalize()
+        got[i] += together[i].finalize()
+        assert [(r.text, r.is_final, r.segment) for r in got[i]] == [(r.text, r.is_final, r.segment) for r in want[i]]
+        assert got[i][-1].text == rows[i]["text"]

@@ -178,6 +178,62 @@ class ConformerEncoder(nn.Module):
         Returns:
             y (B, n, D) — n is a multiple of ``block_size`` unless ``final`` — and the new state.
         """
+        y, state = self._front(x, state, final)
+        if y.shape[1] == 0:
+            return y, state
+        return self._layers(y, state)
+
+    def step_batch(
+        self, xs: list[torch.Tensor], states: list[EncoderState], final: bool = False
+    ) -> list[tuple[torch.Tensor, EncoderState]]:
+        """:meth:`step` for several independent single streams at once (a server's sessions).
+
+        The subsampling runs per stream; then streams with the same number of ready frames whose
+        caches have the same shape and the same positions relative to the new frames (every stream
+        in steady state: full left context, block-aligned) go through the conformer layers as one
+        batch. Masks and relative positions depend only on position differences, so each result
+        equals ``step(xs[i], states[i], final)``.
+
+        Args:
+            xs: (1, t_i, F) feature frames per stream. states: their (batch-1) states.
+        Returns:
+            ``(y_i, state_i)`` per stream, as :meth:`step` returns them.
+        """
+        fronts = [self._front(x, s, final) for x, s in zip(xs, states)]
+        out: list[tuple[torch.Tensor, EncoderState] | None] = [None] * len(fronts)
+        groups: dict[tuple, list[int]] = {}
+        for i, (y, s) in enumerate(fronts):
+            if y.shape[1] == 0 or y.shape[0] != 1:
+                out[i] = (y, s) if y.shape[1] == 0 else self._layers(y, s)
+                continue
+            kv0 = s.kv[0]
+            phase = s.offset % s.block_size if s.block_size else s.offset
+            key = (y.shape[1], s.block_size, s.left_blocks, kv0.length, s.offset - kv0.start, phase)
+            groups.setdefault(key, []).append(i)
+        for members in groups.values():
+            if len(members) == 1:
+                i = members[0]
+                out[i] = self._layers(*fronts[i])
+                continue
+            first = fronts[members[0]][1]
+            batched = dataclasses.replace(
+                first,
+                kv=tuple(KVCache(torch.cat([fronts[i][1].kv[l].k for i in members]),
+                                 torch.cat([fronts[i][1].kv[l].v for i in members]), kv.start, kv.max_len)
+                         for l, kv in enumerate(first.kv)),
+                conv=tuple(torch.cat([fronts[i][1].conv[l] for i in members]) for l in range(len(first.conv))),
+            )
+            y, new = self._layers(torch.cat([fronts[i][0] for i in members]), batched)
+            for row, i in enumerate(members):
+                s = fronts[i][1]
+                kv = tuple(KVCache(n.k[row:row + 1], n.v[row:row + 1], old.start + n.start - b.start, n.max_len)
+                           for n, old, b in zip(new.kv, s.kv, batched.kv))
+                conv = tuple(c[row:row + 1] for c in new.conv)
+                out[i] = (y[row:row + 1], dataclasses.replace(s, kv=kv, conv=conv, offset=new.offset - first.offset + s.offset))
+        return out  # type: ignore[return-value]
+
+    def _front(self, x: torch.Tensor, state: EncoderState, final: bool) -> tuple[torch.Tensor, EncoderState]:
+        """Subsampling: the frames of the blocks that became complete, and the state holding the rest."""
         if state.finished:
             raise RuntimeError("step() called after final=True; start a new stream with init_state()")
         feats = torch.cat([state.feats, x.to(state.feats.dtype)], dim=1)
@@ -194,14 +250,14 @@ class ConformerEncoder(nn.Module):
             ready = 0  # full context: everything is one block, emitted at the end
         else:
             ready = (frames.shape[1] // bs) * bs
-        state = dataclasses.replace(state, feats=feats, frames=frames, finished=final)
-        if ready == 0:
-            return frames[:, :0], state
+        return frames[:, :ready], dataclasses.replace(state, feats=feats, frames=frames[:, ready:], finished=final)
 
-        y = frames[:, :ready]
+    def _layers(self, y: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
+        """The conformer layers over ``y`` (B, ready, D), the frames right after ``state.offset``."""
+        ready = y.shape[1]
         kv0 = state.kv[0]
         mask = block_causal_mask_range(
-            state.offset, ready, kv0.start, kv0.length + ready, bs, state.left_blocks, y.device
+            state.offset, ready, kv0.start, kv0.length + ready, state.block_size, state.left_blocks, y.device
         )
         mask = None if bool(mask.all()) else mask
         kv, conv = [], []
@@ -209,10 +265,7 @@ class ConformerEncoder(nn.Module):
             y, layer_kv, layer_conv = layer.step(y, layer_kv, layer_conv, mask)
             kv.append(layer_kv)
             conv.append(layer_conv)
-        state = dataclasses.replace(
-            state, frames=frames[:, ready:], kv=tuple(kv), conv=tuple(conv), offset=state.offset + ready
-        )
-        return y, state
+        return y, dataclasses.replace(state, kv=tuple(kv), conv=tuple(conv), offset=state.offset + ready)
 
 
 def _check_block_args(block_size: int | None, left_blocks: int | None) -> None:
