@@ -38,6 +38,7 @@ class RecognizerConfig:
         block_ms: encoder block (latency); a multiple of 40 ms.
         left_blocks: encoder left context in blocks (None = unlimited; bounded keeps memory flat).
         beam, ctc_weight, length_bonus: beam searches (bsbs, offline).
+        ctc_beam: the ctc decoder's final result by CTC prefix beam search of this width (1 = greedy).
         lm_weight: shallow-fusion weight of the LM given to :class:`Recognizer` (bsbs, offline).
         tentative_frames: SAR boundary rule ``g`` (0 = naive).
         partials: emit partial results.
@@ -47,6 +48,7 @@ class RecognizerConfig:
     block_ms: int = 640
     left_blocks: int | None = 4
     beam: int = 10
+    ctc_beam: int = 1
     ctc_weight: float = 0.3
     length_bonus: float = 0.0
     lm_weight: float = 0.0
@@ -95,7 +97,8 @@ class Recognizer:
             if cfg.decoder not in ("bsbs", "offline"):
                 raise ValueError(f"LM shallow fusion works with the bsbs and offline decoders, not {cfg.decoder!r}")
             if lm.vocab_size != loaded.tokenizer.vocab_size:
-                raise ValueError(f"the LM has {lm.vocab_size} tokens, the model's tokenizer {loaded.tokenizer.vocab_size}")
+                raise ValueError(f"the LM has {lm.vocab_size} tokens, the model's tokenizer "
+                                 f"{loaded.tokenizer.vocab_size}")
         self.device = next(self.model.parameters()).device
         self.block_size = block_size_from_ms(cfg.block_ms)
         self.fbank = OnlineFbank(loaded.features).to(self.device)
@@ -118,7 +121,9 @@ class Recognizer:
         if c.decoder == "bsbs":
             return BsbsDecoder(self.model, beam=c.beam, ctc_weight=c.ctc_weight, length_bonus=c.length_bonus,
                                lm=self.lm, lm_weight=c.lm_weight)
-        return CtcGreedyDecoder()  # ctc, and offline's streaming pass (partials, endpoints)
+        if c.decoder == "ctc":
+            return CtcGreedyDecoder(c.ctc_beam)
+        return CtcGreedyDecoder()  # offline's streaming pass (endpoints)
 
     # ------------------------------------------------------------------ public
     def accept_waveform(self, samples: np.ndarray | torch.Tensor) -> list[Result]:

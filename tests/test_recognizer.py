@@ -52,6 +52,14 @@ def test_decoders_recognise_training_speech(loaded, rows, decoder):
         assert results[-1].is_final and results[-1].text == row["text"]
 
 
+def test_ctc_prefix_beam_final(loaded, rows):
+    for row in rows[:3]:
+        wave = load_audio(row["audio"])
+        results = _run(loaded, RecognizerConfig(decoder="ctc", ctc_beam=4, block_ms=320), wave, iter(lambda: 4000, None))
+        assert results[-1].text == row["text"]
+        assert [w.word for w in results[-1].words] == row["text"].split()
+
+
 @pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("block_ms", [160, 320])
 def test_chunking_invariance(loaded, rows, decoder, block_ms):

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from asr.cli.transcribe import add_decoding_arguments, load, recognizer_config
+from asr.cli.transcribe import add_decoding_arguments, lm_weight, load, load_lm, recognizer_config
 
 CHUNK_SECONDS = 0.1
 
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--block-ms full works with --decoder offline only (streaming needs a block)")
     loaded = load(args)
     cfg = None if full else recognizer_config(args)
+    lm, weight = load_lm(args, loaded), lm_weight(args)
     rows = sorted(_rows(args.data), key=lambda r: r["id"])[: args.max_utts]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,10 +86,11 @@ def run(args: argparse.Namespace) -> int:
         if full:
             with torch.no_grad():
                 feats, _ = fbank(wave[None], torch.tensor([wave.numel()]))
-                text = loaded.tokenizer.decode(offline_decode(loaded.model, feats[0], args.beam, args.ctc_weight).ids)
+                tokens = offline_decode(loaded.model, feats[0], args.beam, args.ctc_weight, lm=lm, lm_weight=weight)
+                text = loaded.tokenizer.decode(tokens.ids)
             t_last = t0
         else:
-            rec = Recognizer(loaded, cfg)
+            rec = Recognizer(loaded, cfg, lm=lm)
             finals = []
             last = max(0, (wave.numel() - 1) // chunk * chunk)
             for s in range(0, last, chunk):
@@ -120,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         "audio_seconds": round(audio, 1), "rtf": round(compute / max(audio, 1e-9), 4),
         "latency_ms_p50": round(_percentile(latencies, 0.5), 1), "latency_ms_p90": round(_percentile(latencies, 0.9), 1),
         "decoder": args.decoder, "block_ms": args.block_ms, "left_blocks": args.left_blocks, "beam": args.beam,
-        "ctc_weight": args.ctc_weight, "tentative_frames": args.tentative_frames, "threads": args.threads,
+        "ctc_weight": args.ctc_weight, "lm": args.lm, "lm_weight": weight,
+        "tentative_frames": args.tentative_frames, "threads": args.threads,
         "model": str(loaded.path), "data": args.data,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -20,6 +20,7 @@ _COMMANDS = [
     ("tokenizer", "asr.cli.tokenizer_cmd", "train or apply a sentencepiece tokenizer"),
     ("cmvn", "asr.cli.cmvn_cmd", "estimate global CMVN statistics from a manifest"),
     ("train", "asr.cli.train", "train a model from an experiment YAML (resumes automatically)"),
+    ("train-lm", "asr.cli.train_lm", "train a transformer LM on text (SAR LM init, shallow fusion)"),
     ("average", "asr.cli.average", "average the last N checkpoints"),
     ("export", "asr.cli.export", "export weights to a model directory"),
     ("transcribe", "asr.cli.transcribe", "transcribe audio files (text, json, srt, vtt)"),

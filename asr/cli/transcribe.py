@@ -5,6 +5,7 @@ Examples:
   asr transcribe talk.wav
   asr transcribe a.flac b.opus --decoder bsbs --beam 8 --format json
   asr transcribe lecture.wav --block-ms 320 --format srt > lecture.srt
+  asr transcribe talk.wav --decoder bsbs --lm exp/lm/lm --lm-weight 0.3
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-ms", default="640", help="encoder block in ms, a multiple of 40 (default 640)")
     p.add_argument("--left-blocks", type=int, default=4, help="encoder left context in blocks (default 4)")
     p.add_argument("--beam", type=int, default=10, help="beam size for bsbs/offline (default 10)")
+    p.add_argument("--ctc-beam", type=int, default=1,
+                   help="ctc decoder: final result by CTC prefix beam search of this width (default 1 = greedy)")
     p.add_argument("--ctc-weight", type=float, default=0.3, help="CTC weight in joint searches (default 0.3)")
+    p.add_argument("--lm", default=None, metavar="DIR",
+                   help="LM directory (asr train-lm) for shallow fusion in bsbs/offline; same tokenizer as the model")
+    p.add_argument("--lm-weight", type=float, default=None, help="shallow-fusion weight (default 0.3 with --lm)")
     p.add_argument("--tentative-frames", type=int, default=2, help="SAR boundary rule g; 0 = naive (default 2)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -33,7 +39,27 @@ def recognizer_config(args: argparse.Namespace):
     from streaming import RecognizerConfig
 
     return RecognizerConfig(decoder=args.decoder, block_ms=int(args.block_ms), left_blocks=args.left_blocks,
-                            beam=args.beam, ctc_weight=args.ctc_weight, tentative_frames=args.tentative_frames)
+                            beam=args.beam, ctc_beam=args.ctc_beam, ctc_weight=args.ctc_weight,
+                            tentative_frames=args.tentative_frames,
+                            lm_weight=lm_weight(args))
+
+
+def lm_weight(args: argparse.Namespace) -> float:
+    """The shallow-fusion weight: ``--lm-weight``, 0.3 when only ``--lm`` is given, 0 without ``--lm``."""
+    if args.lm is None:
+        if args.lm_weight:
+            raise ValueError("--lm-weight needs --lm DIR")
+        return 0.0
+    return 0.3 if args.lm_weight is None else args.lm_weight
+
+
+def load_lm(args: argparse.Namespace, loaded):
+    """The ``--lm`` model (checked against the ASR model's tokenizer), or None."""
+    if args.lm is None:
+        return None
+    from asr.models.lm_io import load_lm_dir
+
+    return load_lm_dir(args.lm, args.device, tokenizer=loaded.tokenizer).lm
 
 
 def load(args: argparse.Namespace):
@@ -84,11 +110,12 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load(args)
     cfg = recognizer_config(args)
+    lm = load_lm(args, loaded)
     failed = 0
     for path in args.files:
         try:
             total = audio_duration(path)
-            rec = Recognizer(loaded, cfg)
+            rec = Recognizer(loaded, cfg, lm=lm)
             finals = []
             with tqdm(total=round(total, 1), unit="s", desc=path, disable=args.quiet or total < 30,
                       file=sys.stderr, leave=False) as bar:

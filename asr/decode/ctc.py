@@ -1,11 +1,12 @@
-"""Streaming CTC decoding: greedy per block (the labels of a block are final when it arrives)."""
+"""Streaming CTC decoding: greedy per block (the labels of a block are final when it arrives), or,
+with ``beam > 1``, greedy partials and a CTC prefix beam search over the segment for the final."""
 
 from __future__ import annotations
 
 import torch
 
 from asr.decode.base import Tokens
-from asr.search.ctc import CtcGreedyState, ctc_greedy_step
+from asr.search.ctc import CtcGreedyState, ctc_greedy_step, ctc_prefix_beam_search
 
 __all__ = ["CtcGreedyDecoder"]
 
@@ -13,16 +14,26 @@ __all__ = ["CtcGreedyDecoder"]
 class CtcGreedyDecoder:
     """Best-path CTC over the blocks of a segment; a label run crossing a block boundary is one token."""
 
-    def __init__(self) -> None:
+    def __init__(self, beam: int = 1) -> None:
+        self.beam = beam
         self.state = CtcGreedyState()
         self.tokens = Tokens()
+        self.logp: list[torch.Tensor] = []  # kept for the final prefix beam search (beam > 1)
 
     def accept_block(self, enc: torch.Tensor, ctc_logp: torch.Tensor) -> None:
         result, self.state = ctc_greedy_step(ctc_logp, self.state)
         self.tokens = self.tokens + Tokens(result.tokens, result.frames)
+        if self.beam > 1:
+            self.logp.append(ctc_logp)
 
     def partial(self) -> Tokens:
         return self.tokens
 
     def finalize(self) -> Tokens:
-        return self.tokens
+        if self.beam <= 1 or not self.logp:
+            return self.tokens
+        from asr.decode.bsbs import aligned_tokens
+
+        logp = torch.cat(self.logp)
+        nbest = ctc_prefix_beam_search(logp, self.beam)
+        return aligned_tokens(nbest[0].tokens if nbest else [], logp)

@@ -66,10 +66,16 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """Attributes:
+        lm_init: LM directory (``asr train-lm``, ``<out>/lm``) whose weights initialise
+            ``model.sar.lm`` at the start of a fresh run (not on resume); relative to the YAML file.
+    """
+
     model: ModelConfig
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     features: FbankConfig = field(default_factory=FbankConfig)
+    lm_init: str | None = None
 
 
 def load_experiment(path: str | Path, vocab_size: int | None = None) -> ExperimentConfig:
@@ -105,7 +111,7 @@ def load_experiment(path: str | Path, vocab_size: int | None = None) -> Experime
         valid=_resolve(d.valid, path.parent) if d.valid else None,
         tokenizer=_resolve(d.tokenizer, path.parent) if d.tokenizer else "",
         cmvn=_resolve(d.cmvn, path.parent) if d.cmvn else None)
-    return dataclasses.replace(cfg, data=data)
+    return dataclasses.replace(cfg, data=data, lm_init=_resolve(cfg.lm_init, path.parent) if cfg.lm_init else None)
 
 
 def _resolve(p: str, base: Path) -> str:

@@ -27,6 +27,7 @@ from asr.config import save_yaml
 from asr.data import AsrDataset, DurationBatchSampler, collate, read_manifest, spec_augment
 from asr.features import CmvnAccumulator, Fbank, GlobalCMVN
 from asr.models import AsrModel, build_model
+from asr.models.lm_io import init_sar_lm
 from asr.tokenizer import Tokenizer
 from asr.train.checkpoint import latest_checkpoint, prune, save_atomic
 from asr.train.config import ExperimentConfig
@@ -99,6 +100,10 @@ class Trainer:
         self.train_log, self.valid_log = CsvLog(self.out / "train.csv"), CsvLog(self.out / "valid.csv")
         if not self._resume():
             self._init_cmvn()
+            if cfg.lm_init:
+                init_sar_lm(self.model, cfg.lm_init, self.tokenizer)
+                if self.main:
+                    print(f"model.sar.lm initialised from {cfg.lm_init}", file=sys.stderr)
             if self.main:
                 save_yaml(cfg, self.out / "config.yaml")
         self.ddp = self.model
@@ -145,7 +150,7 @@ class Trainer:
         return {"ranks": [state]}
 
     def _set_rng_state(self, states: dict) -> None:
-        s = states["ranks"][self.rank]
+        s = {k: v.cpu() for k, v in states["ranks"][self.rank].items()}  # map_location moved them
         torch.set_rng_state(s["torch"])
         self.block_gen.set_state(s["block"])
         self.aug_gen.set_state(s["aug"])
