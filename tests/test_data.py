@@ -109,3 +109,14 @@ def test_speed_perturb_changes_length():
     assert abs(speed_perturb(wave, 1.1).numel() - 16000 / 1.1) < 2
     assert abs(speed_perturb(wave, 0.9).numel() - 16000 / 0.9) < 2
     assert speed_perturb(wave, 1.0) is wave
+
+
+def test_piped_entry_and_missing_recording_are_reported(kaldi_dir, tmp_path):
+    scp = (kaldi_dir / "wav.scp").read_text().replace("u2 audio/u2.flac", "u2 sox audio/u2.flac -t wav - |")
+    (kaldi_dir / "wav.scp").write_text(scp)
+    (kaldi_dir / "text").write_text((kaldi_dir / "text").read_text() + "u4 NO AUDIO\n")
+    report = kaldi_to_manifest(kaldi_dir, tmp_path / "m.jsonl", progress=False)
+    errors = dict(report.errors)
+    assert sorted(errors) == ["u2", "u4"]
+    assert "piped wav.scp" in errors["u2"] and "not in wav.scp" in errors["u4"]
+    assert [r["id"] for r in report.rows] == ["u1", "u3"]

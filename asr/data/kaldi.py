@@ -85,15 +85,15 @@ def read_kaldi_dir(data_dir: str | Path, workers: int = 4, progress: bool = True
             segments[utt] = (reco, float(start), float(end))
 
     report = PrepareReport()
-    recordings = {}
+    recordings, reco_errors = {}, {}
     for key, entry in wav_scp.items():
         if entry.rstrip().endswith("|"):
-            report.errors.append((key, f"piped wav.scp commands are not supported: {entry!r}"))
-            continue
-        recordings[key] = resolve_audio_path(entry, data_dir)
+            reco_errors[key] = f"piped wav.scp commands are not supported: {entry!r}"
+        else:
+            recordings[key] = resolve_audio_path(entry, data_dir)
     with ThreadPoolExecutor(workers) as pool:
         probes = pool.map(_probe, recordings.items())
-        durations, reco_errors = {}, {}
+        durations = {}
         for key, dur, err in tqdm(probes, total=len(recordings), desc=f"probe {data_dir.name}",
                                   disable=not progress, unit="file"):
             if err is None:
@@ -101,16 +101,15 @@ def read_kaldi_dir(data_dir: str | Path, workers: int = 4, progress: bool = True
             else:
                 reco_errors[key] = err
 
-    utts = segments.keys() if segments else recordings.keys() | {k for k, _ in report.errors}
-    for utt in sorted(set(utts) | set(texts)):
+    utts = set(segments) if segments else set(wav_scp)
+    for utt in sorted(utts | set(texts)):
         reco, start, end = segments.get(utt, (utt, None, None))
         if utt not in texts:
             report.errors.append((utt, "no transcript in text"))
-        elif reco not in recordings:
-            if not any(k == reco for k, _ in report.errors):
-                report.errors.append((utt, f"recording '{reco}' not in wav.scp"))
         elif reco in reco_errors:
             report.errors.append((utt, reco_errors[reco]))
+        elif reco not in recordings:
+            report.errors.append((utt, f"recording '{reco}' not in wav.scp"))
         else:
             dur = durations[reco] if start is None else min(end, durations[reco]) - start
             if dur <= 0:
