@@ -74,3 +74,40 @@ def test_cli_train_average_export(experiment, tmp_path, capsys):
     for k, v in loaded.model.state_dict().items():
         assert torch.allclose(v, avg[k].float(), atol=1e-2), k  # float16 storage
     assert torch.equal(loaded.model.cmvn.mean, avg["cmvn.mean"])  # CMVN kept in float32
+
+
+def test_feature_cache_matches_waveform_batches(experiment, tmp_path):
+    """Cached float16 features give the waveform path's batches (same order, speeds, values)."""
+    import dataclasses
+
+    from asr.train.feature_cache import FeatureBatch
+
+    cfg = load_experiment(experiment)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=3, spec_augment=None))
+    wave = Trainer(cfg, tmp_path / "wave", device="cpu", progress=False)
+    cached_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_features=True))
+    cached = Trainer(cached_cfg, tmp_path / "cached", device="cpu", progress=False)
+    assert set(cached.dataset.speeds) == {0.9, 1.0, 1.1}
+    for epoch in (0, 1):
+        wave.epoch = cached.epoch = epoch
+        for a, b in zip(wave._loader(), cached._loader()):
+            assert isinstance(b, FeatureBatch) and a.ids == b.ids
+            feats, lens = wave.fbank(a.waves, a.wave_lens)
+            assert torch.equal(lens, b.feat_lens) and torch.equal(a.tokens, b.tokens)
+            torch.testing.assert_close(b.feats, feats, atol=0.02, rtol=2e-3)  # float16 storage
+    wave.train(), cached.train()
+    w, c = _losses(tmp_path / "wave"), _losses(tmp_path / "cached")
+    assert [v for _, v in c] == pytest.approx([v for _, v in w], rel=1e-2)
+
+
+def test_resume_is_exact_with_feature_cache(experiment, tmp_path):
+    import dataclasses
+
+    cfg = load_experiment(experiment)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_features=True))
+    Trainer(cfg, tmp_path / "straight", device="cpu", progress=False).train()
+    half = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=4))
+    Trainer(half, tmp_path / "resumed", device="cpu", progress=False).train()
+    Trainer(cfg, tmp_path / "resumed", device="cpu", progress=False).train()
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-5)

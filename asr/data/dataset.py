@@ -63,15 +63,21 @@ class AsrDataset(Dataset):
     def durations(self) -> list[float]:
         return [r["duration"] for r in self.rows]
 
+    def speed(self, i: int, epoch: int | None = None) -> float:
+        """The speed factor of item ``i`` in ``epoch`` (default: the current one): a pure function of
+        (seed, epoch, i), so a resumed run and the feature cache draw the same factors."""
+        if len(self.speeds) == 1:
+            return self.speeds[0]
+        epoch = self.epoch if epoch is None else epoch
+        return random.Random(self.seed * 1_000_003 + epoch * 7919 + i).choice(self.speeds)
+
     def __getitem__(self, i: int):
         row = self.rows[i]
         try:
             wave = load_audio(row["audio"], row.get("start"), row.get("end"))
         except AudioError as e:
             return row["id"], None, str(e)
-        if len(self.speeds) > 1:
-            factor = random.Random(self.seed * 1_000_003 + self.epoch * 7919 + i).choice(self.speeds)
-            wave = speed_perturb(wave, factor)
+        wave = speed_perturb(wave, self.speed(i))
         return row["id"], wave, torch.tensor(self.tokenizer.encode(row["text"]), dtype=torch.long)
 
 

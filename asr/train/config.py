@@ -28,6 +28,9 @@ class DataConfig:
         max_duration: drop training utterances longer than this (seconds), reported at start.
         speeds: speed-perturbation factors (``[1.0]`` = off).
         num_workers: data loader processes.
+        cache_features: compute every training utterance's fbank (at every speed) once and keep it
+            on the training device as float16 (:mod:`asr.train.feature_cache`); for GPUs that the
+            data loader cannot keep busy. ``optim.dither`` does not apply then.
     """
 
     train: tuple[str, ...] = ()
@@ -40,6 +43,7 @@ class DataConfig:
     speeds: tuple[float, ...] = (0.9, 1.0, 1.1)
     num_workers: int = 2
     valid_max_utterances: int = 500
+    cache_features: bool = False
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from asr.models.lm_io import init_sar_lm
 from asr.tokenizer import Tokenizer
 from asr.train.checkpoint import latest_checkpoint, prune, save_atomic
 from asr.train.config import ExperimentConfig
+from asr.train.feature_cache import FeatureBatch, FeatureCache
 from asr.train.logs import CsvLog, plot_curves
 from asr.train.validate import validate
 
@@ -106,6 +107,11 @@ class Trainer:
                     print(f"model.sar.lm initialised from {cfg.lm_init}", file=sys.stderr)
             if self.main:
                 save_yaml(cfg, self.out / "config.yaml")
+        self.cache = None
+        if cfg.data.cache_features:
+            self.cache = FeatureCache(self.dataset, self.fbank, cfg.data.num_workers, progress=self.progress)
+            if self.main:
+                print(f"feature cache: {self.cache.nbytes / 2**30:.2f} GiB on {self.device}", file=sys.stderr)
         self.ddp = self.model
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -190,9 +196,13 @@ class Trainer:
         prune(self.out, self.cfg.optim.keep_checkpoints)
 
     # ------------------------------------------------------------------ loop
-    def _loader(self) -> DataLoader:
+    def _loader(self):
+        """The epoch's remaining batches: waveform batches from a DataLoader, or cached features."""
         self.sampler.epoch, self.sampler.batches_done = self.epoch, self.batches_done
         self.dataset.epoch = self.epoch
+        if self.cache is not None:
+            epoch = self.epoch
+            return (self.cache.batch(indices, epoch) for indices in self.sampler)
         workers = self.cfg.data.num_workers
         return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate, num_workers=workers,
                           generator=self.loader_gen, pin_memory=self.device.type == "cuda",
@@ -202,12 +212,21 @@ class Trainer:
         batch = batch.to(self.device)
         o = self.cfg.optim
         with torch.no_grad():
-            feats, feat_lens = self.fbank(batch.waves, batch.wave_lens, dither=o.dither)
+            if isinstance(batch, FeatureBatch):
+                feats, feat_lens = batch.feats, batch.feat_lens
+            else:
+                feats, feat_lens = self.fbank(batch.waves, batch.wave_lens, dither=o.dither)
             if o.spec_augment is not None:
                 feats = spec_augment(feats, feat_lens, o.spec_augment, self.aug_gen, fill=self.model.cmvn.mean)
         use_bf16 = o.bf16 and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             return self.ddp(feats, feat_lens, batch.tokens, batch.token_lens, block_size, left_blocks)
+
+    def _seconds(self, batch) -> float:
+        """Audio seconds in ``batch`` (for the throughput log)."""
+        if isinstance(batch, FeatureBatch):
+            return float(batch.feat_lens.sum()) * self.cfg.features.frame_shift_ms / 1000
+        return float(batch.wave_lens.sum()) / self.cfg.features.sample_rate
 
     def train(self) -> dict:
         """Run until ``max_steps`` (or ``max_epochs``); returns the last validation results."""
@@ -229,7 +248,7 @@ class Trainer:
                 losses = self._losses(batch, block_size, left_blocks)
                 (losses.total / o.accum_steps).backward()
                 window["utts"] += len(batch.ids)
-                window["audio"] += float(batch.wave_lens.sum()) / self.cfg.features.sample_rate
+                window["audio"] += self._seconds(batch)
                 accum += 1
                 if accum < o.accum_steps:
                     continue
