@@ -111,3 +111,20 @@ def test_resume_is_exact_with_feature_cache(experiment, tmp_path):
     Trainer(cfg, tmp_path / "resumed", device="cpu", progress=False).train()
     straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
     assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-5)
+
+
+def test_feature_cache_with_repeated_ids(experiment):
+    """Merged manifests may repeat utterance ids; the cache keys on the dataset index."""
+    from asr.data import AsrDataset
+    from asr.features import Fbank, FbankConfig
+    from asr.train.feature_cache import FeatureCache
+
+    cfg = load_experiment(experiment)
+    from asr.data import read_manifest
+    from asr.tokenizer import Tokenizer
+
+    rows = read_manifest(cfg.data.train[0])[:3]
+    dataset = AsrDataset(rows + rows, Tokenizer(cfg.data.tokenizer), (1.0, 1.1))
+    cache = FeatureCache(dataset, Fbank(FbankConfig()), num_workers=0, read_batch=2, progress=False)
+    batch = cache.batch(list(range(6)), epoch=0)
+    assert batch.ids == [r["id"] for r in rows + rows] and not batch.failed

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from asr.audio import resample
@@ -62,8 +62,7 @@ class FeatureCache:
         self.feats: dict[float, list[torch.Tensor | None]] = {s: [None] * len(dataset) for s in self.speeds}
         self.tokens: list[torch.Tensor | None] = [None] * len(dataset)
         self.errors: dict[int, str] = {}
-        plain = AsrDataset(dataset.rows, dataset.tokenizer, (1.0,), seed=dataset.seed)
-        index = {r["id"]: i for i, r in enumerate(dataset.rows)}
+        plain = _ByIndex(AsrDataset(dataset.rows, dataset.tokenizer, (1.0,), seed=dataset.seed))
         loader = DataLoader(plain, batch_size=read_batch, collate_fn=collate, num_workers=num_workers,
                             prefetch_factor=4 if num_workers else None,
                             generator=torch.Generator().manual_seed(0))  # leave the global RNG alone (resume)
@@ -71,12 +70,12 @@ class FeatureCache:
         with torch.no_grad():
             bar = tqdm(total=len(dataset), desc="feature cache", unit="utt", disable=not progress)
             for batch in loader:
-                for utt, message in batch.failed:
-                    self.errors[index[utt]] = message
+                for i, message in batch.failed:
+                    self.errors[int(i)] = message
                 bar.update(len(batch.ids) + len(batch.failed))
                 if not batch.ids:
                     continue
-                rows = [index[u] for u in batch.ids]
+                rows = [int(i) for i in batch.ids]
                 waves, lens = batch.waves.to(self.device), batch.wave_lens.to(self.device)
                 for speed in self.speeds:
                     w, n = waves, lens
@@ -112,3 +111,17 @@ class FeatureCache:
         x = pad_sequence(feats, batch_first=True).float()
         y = pad_sequence(toks, batch_first=True)
         return FeatureBatch([self.dataset.rows[i]["id"] for i in ok], x, feat_lens, y, token_lens, failed)
+
+
+class _ByIndex(Dataset):
+    """A dataset whose items carry their index (as a string) in place of the utterance id:
+    manifests merged from several corpora may repeat ids."""
+
+    def __init__(self, dataset: AsrDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return (str(i),) + tuple(self.dataset[i][1:])

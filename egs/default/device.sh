@@ -43,7 +43,9 @@ if [ ! -d /tmp/carry/corpora ]; then
   mkdir -p /tmp/carry && tar xzf .carry/corpora.tgz -C /tmp/carry || exit 1
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 >> "$out/gpu.csv" &
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 >> "$out/gpu.csv" 2>/dev/null &
+smi=$!
+trap 'kill $smi 2>/dev/null' EXIT  # a left-over sampler would hold the log pipe open past the end
 echo "setup: $(elapsed) s"
 
 egs/default/run.sh --stage 0 --stop-stage 1 --corpora /tmp/carry/corpora ${RUN_ARGS:-} || { echo "stages 0-1 failed"; exit 1; }
