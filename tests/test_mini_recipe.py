@@ -62,7 +62,7 @@ def mini(tmp_path_factory):
     for conf in (egs / "conf").glob("*.yaml"):  # the smaller vocabulary; checkpoints for 100 steps
         cfg = yaml.safe_load(conf.read_text())
         cfg["data"].update(tokenizer=f"../data/lang/bpe_{VOCAB}.model", valid_max_utterances=20)
-        cfg["optim"].update(warmup_steps=20, checkpoint_every=50, valid_every=50)
+        cfg["optim"].update(warmup_steps=20, checkpoint_every=50, valid_every=50, ctc_warmup_steps=50)
         conf.write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = dict(os.environ, PYTHON=sys.executable, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     proc = subprocess.run(["bash", str(egs / "run.sh"), "--shared", str(_shared_text(root)), *SHORT_RUN], env=env,

@@ -115,16 +115,33 @@ def test_resume_is_exact_with_feature_cache(experiment, tmp_path):
 
 def test_feature_cache_with_repeated_ids(experiment):
     """Merged manifests may repeat utterance ids; the cache keys on the dataset index."""
-    from asr.data import AsrDataset
+    from asr.data import AsrDataset, read_manifest
     from asr.features import Fbank, FbankConfig
+    from asr.tokenizer import Tokenizer
     from asr.train.feature_cache import FeatureCache
 
     cfg = load_experiment(experiment)
-    from asr.data import read_manifest
-    from asr.tokenizer import Tokenizer
 
     rows = read_manifest(cfg.data.train[0])[:3]
     dataset = AsrDataset(rows + rows, Tokenizer(cfg.data.tokenizer), (1.0, 1.1))
     cache = FeatureCache(dataset, Fbank(FbankConfig()), num_workers=0, read_batch=2, progress=False)
     batch = cache.batch(list(range(6)), epoch=0)
     assert batch.ids == [r["id"] for r in rows + rows] and not batch.failed
+
+
+def test_ctc_warmup_then_all_heads_and_exact_resume(experiment, tmp_path):
+    """The first ctc_warmup_steps train CTC alone; the other heads join after; resume is exact across."""
+    import dataclasses
+
+    cfg = load_experiment(experiment)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, ctc_warmup_steps=3))
+    Trainer(cfg, tmp_path / "straight", device="cpu", progress=False).train()
+    with open(tmp_path / "straight" / "train.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(not r["sar"] and float(r["loss"]) == pytest.approx(float(r["ctc"]), rel=1e-4) for r in rows[:3])
+    assert all(r["sar"] and r["lm"] for r in rows[3:])
+    half = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=2))
+    Trainer(half, tmp_path / "resumed", device="cpu", progress=False).train()
+    Trainer(cfg, tmp_path / "resumed", device="cpu", progress=False).train()
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-5)

@@ -48,19 +48,22 @@ class AsrModel(nn.Module):
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor, tokens: torch.Tensor,
                 token_lens: torch.Tensor, block_size: int | None = None,
-                left_blocks: int | None = None) -> Losses:
+                left_blocks: int | None = None, ctc_only: bool = False) -> Losses:
         """All training losses of one padded batch.
 
         Args:
             feats: (B, T, 80) fbank; feat_lens: (B,); tokens: (B, U) padded; token_lens: (B,).
             block_size, left_blocks: the encoder's block mask for this batch (dynamic block
                 training draws them with ``model.encoder.sample_block_config``).
+            ctc_only: the CTC loss alone (the trainer's CTC warm-up); other heads are not run.
         """
         enc, enc_lens = self.encode(feats, feat_lens, block_size, left_blocks)
         logp = self.ctc_logp(enc)
         ctc = F.ctc_loss(logp.transpose(0, 1), tokens, enc_lens, token_lens, blank=0,
                          reduction="sum", zero_infinity=True) / tokens.shape[0]
         losses = Losses(total=ctc, ctc=ctc.detach())
+        if ctc_only:
+            return losses
         rest = []
         if self.decoder is not None:
             att, acc = self.decoder(enc, enc_lens, tokens, token_lens)

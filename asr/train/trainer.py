@@ -115,7 +115,8 @@ class Trainer:
         self.ddp = self.model
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.optim.ctc_warmup_steps > 0)  # the heads idle during the CTC warm-up
 
     # ------------------------------------------------------------------ set-up
     def _read_train(self) -> list[dict]:
@@ -211,16 +212,20 @@ class Trainer:
     def _losses(self, batch, block_size, left_blocks):
         batch = batch.to(self.device)
         o = self.cfg.optim
+        warmup = self.step < o.ctc_warmup_steps  # plain CTC: full context, no SpecAugment
+        if warmup:
+            block_size, left_blocks = None, None
         with torch.no_grad():
             if isinstance(batch, FeatureBatch):
                 feats, feat_lens = batch.feats, batch.feat_lens
             else:
                 feats, feat_lens = self.fbank(batch.waves, batch.wave_lens, dither=o.dither)
-            if o.spec_augment is not None:
+            if o.spec_augment is not None and not warmup:
                 feats = spec_augment(feats, feat_lens, o.spec_augment, self.aug_gen, fill=self.model.cmvn.mean)
         use_bf16 = o.bf16 and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            return self.ddp(feats, feat_lens, batch.tokens, batch.token_lens, block_size, left_blocks)
+            return self.ddp(feats, feat_lens, batch.tokens, batch.token_lens, block_size, left_blocks,
+                            ctc_only=warmup)
 
     def _seconds(self, batch) -> float:
         """Audio seconds in ``batch`` (for the throughput log)."""
