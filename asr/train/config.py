@@ -55,7 +55,7 @@ class OptimConfig:
     conformer with all of them on from step 0 sits on the initial CTC plateau (blank only) far
     longer: on 2,845 synthetic utterances, 4 layers d=144, batches of 64 s, plain CTC left it at
     ~400 steps (valid CTC loss 233 -> 138 by step 600) while the full SAR recipe was still at 221
-    at step 500 (models/default/RESULTS.md).
+    at step 500 (benchmarks/results/ctc_plateau.md).
     """
 
     lr: float = 1e-3

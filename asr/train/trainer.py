@@ -112,6 +112,8 @@ class Trainer:
             self.cache = FeatureCache(self.dataset, self.fbank, cfg.data.num_workers, progress=self.progress)
             if self.main:
                 print(f"feature cache: {self.cache.nbytes / 2**30:.2f} GiB on {self.device}", file=sys.stderr)
+                if cfg.optim.dither > 0:
+                    print("note: optim.dither does not apply to cached features", file=sys.stderr)
         self.ddp = self.model
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
