@@ -95,7 +95,8 @@ def test_feature_cache_matches_waveform_batches(experiment, tmp_path):
             feats, lens = wave.fbank(a.waves, a.wave_lens)
             assert torch.equal(lens, b.feat_lens) and torch.equal(a.tokens, b.tokens)
             torch.testing.assert_close(b.feats, feats, atol=0.02, rtol=2e-3)  # float16 storage
-    wave.train(), cached.train()
+    wave.train()
+    cached.train()
     w, c = _losses(tmp_path / "wave"), _losses(tmp_path / "cached")
     assert [v for _, v in c] == pytest.approx([v for _, v in w], rel=1e-2)
 
@@ -121,7 +122,6 @@ def test_feature_cache_with_repeated_ids(experiment):
     from asr.train.feature_cache import FeatureCache
 
     cfg = load_experiment(experiment)
-
     rows = read_manifest(cfg.data.train[0])[:3]
     dataset = AsrDataset(rows + rows, Tokenizer(cfg.data.tokenizer), (1.0, 1.1))
     cache = FeatureCache(dataset, Fbank(FbankConfig()), num_workers=0, read_batch=2, progress=False)
