@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "from_dict", "load_yaml", "to_dict", "save_yaml"]
+__all__ = ["ConfigError", "from_dict", "load_yaml", "read_yaml", "resolve_path", "to_dict", "save_yaml"]
 
 T = TypeVar("T")
 
@@ -115,16 +115,27 @@ def from_dict(cls: type[T], data: dict | None, source: str = "<dict>") -> T:
         raise ConfigError(f"{source}: {e}") from None
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Load ``cls`` from the YAML file ``path``; errors name the file and the key."""
+def read_yaml(path: str | Path) -> Any:
+    """The parsed YAML file ``path`` (None for an empty file); a missing file or bad YAML raises
+    :class:`ConfigError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return from_dict(cls, data, source=str(path))
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Load ``cls`` from the YAML file ``path``; errors name the file and the key."""
+    return from_dict(cls, read_yaml(path), source=str(path))
+
+
+def resolve_path(p: str, base: Path) -> str:
+    """``p`` as an absolute path; a relative ``p`` is taken relative to ``base`` (a config's folder)."""
+    q = Path(p).expanduser()
+    return str(q if q.is_absolute() else (base / q).resolve())
 
 
 def to_dict(cfg: Any) -> dict:

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asr.config import ConfigError, from_dict
+from asr.config import ConfigError, from_dict, read_yaml, resolve_path
 from asr.data.augment import SpecAugmentConfig
 from asr.features import FbankConfig
 from asr.models.config import ModelConfig
@@ -96,15 +96,8 @@ def load_experiment(path: str | Path, vocab_size: int | None = None) -> Experime
 
     ``model.vocab_size`` may be omitted in the file: it then comes from the tokenizer.
     """
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict) or "model" not in raw:
         raise ConfigError(f"{path}: needs a 'model' section")
     model = dict(raw["model"] or {})
@@ -113,20 +106,15 @@ def load_experiment(path: str | Path, vocab_size: int | None = None) -> Experime
         if vocab_size is None and tok:
             from asr.tokenizer import Tokenizer
 
-            vocab_size = Tokenizer(_resolve(tok, path.parent)).vocab_size
+            vocab_size = Tokenizer(resolve_path(tok, path.parent)).vocab_size
         if vocab_size is None:
             raise ConfigError(f"{path}: model.vocab_size is missing and no data.tokenizer to take it from")
         model["vocab_size"] = vocab_size
     cfg = from_dict(ExperimentConfig, {**raw, "model": model}, source=str(path))
     d = cfg.data
     data = dataclasses.replace(
-        d, train=tuple(_resolve(p, path.parent) for p in d.train),
-        valid=_resolve(d.valid, path.parent) if d.valid else None,
-        tokenizer=_resolve(d.tokenizer, path.parent) if d.tokenizer else "",
-        cmvn=_resolve(d.cmvn, path.parent) if d.cmvn else None)
-    return dataclasses.replace(cfg, data=data, lm_init=_resolve(cfg.lm_init, path.parent) if cfg.lm_init else None)
-
-
-def _resolve(p: str, base: Path) -> str:
-    q = Path(p).expanduser()
-    return str(q if q.is_absolute() else (base / q).resolve())
+        d, train=tuple(resolve_path(p, path.parent) for p in d.train),
+        valid=resolve_path(d.valid, path.parent) if d.valid else None,
+        tokenizer=resolve_path(d.tokenizer, path.parent) if d.tokenizer else "",
+        cmvn=resolve_path(d.cmvn, path.parent) if d.cmvn else None)
+    return dataclasses.replace(cfg, data=data, lm_init=resolve_path(cfg.lm_init, path.parent) if cfg.lm_init else None)

@@ -84,10 +84,10 @@ class FeatureCache:
                         w = resample(waves, orig, sample_rate)
                         n = torch.div(lens * sample_rate + orig - 1, orig, rounding_mode="floor")  # ceil
                     feats, feat_lens = fbank(w, n)
-                    for b, i in enumerate(rows):
-                        self.feats[speed][i] = feats[b, : int(feat_lens[b])].to(torch.float16).clone()
-                for b, i in enumerate(rows):
-                    self.tokens[i] = batch.tokens[b, : int(batch.token_lens[b])].to(self.device)
+                    for b, (i, t) in enumerate(zip(rows, feat_lens.tolist())):  # one device sync per batch
+                        self.feats[speed][i] = feats[b, :t].to(torch.float16).clone()
+                for b, (i, u) in enumerate(zip(rows, batch.token_lens.tolist())):
+                    self.tokens[i] = batch.tokens[b, :u].to(self.device)
             bar.close()
         if self.errors:
             print(f"feature cache: {len(self.errors)} utterances could not be read and are left out",

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from asr.config import ConfigError, from_dict, save_yaml
+from asr.config import ConfigError, from_dict, read_yaml, resolve_path, save_yaml
 from asr.data.sampler import DurationBatchSampler
 from asr.models.config import LMConfig
 from asr.models.lm import TransformerLM
@@ -28,6 +28,7 @@ from asr.models.lm_io import save_lm_dir
 from asr.tokenizer import Tokenizer
 from asr.train.checkpoint import latest_checkpoint, prune, save_atomic
 from asr.train.logs import CsvLog
+from asr.train.optim import adamw_with_warmup
 from recipes.text import normalize_text  # the corpora's transcript convention
 
 __all__ = ["LMDataConfig", "LMOptimConfig", "LMExperimentConfig", "load_lm_experiment", "read_text",
@@ -87,34 +88,22 @@ def load_lm_experiment(path: str | Path | None = None, **data_overrides) -> LMEx
     """Load an LM experiment YAML (sections ``lm``, ``data``, ``optim``; all optional) and apply
     ``data_overrides`` (non-None values replace ``data`` fields, e.g. from the command line).
     Relative data paths in the file resolve against the file's folder."""
-    import yaml
-
     raw, base = {}, Path.cwd()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raw = read_yaml(path) or {}
         base = path.parent
     cfg = from_dict(LMExperimentConfig, raw, source=str(path or "<defaults>"))
     d = cfg.data
-    d = dataclasses.replace(d, train=tuple(_resolve(p, base) for p in d.train),
-                            valid=_resolve(d.valid, base) if d.valid else None,
-                            tokenizer=_resolve(d.tokenizer, base) if d.tokenizer else "")
+    d = dataclasses.replace(d, train=tuple(resolve_path(p, base) for p in d.train),
+                            valid=resolve_path(d.valid, base) if d.valid else None,
+                            tokenizer=resolve_path(d.tokenizer, base) if d.tokenizer else "")
     d = dataclasses.replace(d, **{k: v for k, v in data_overrides.items() if v is not None})
     if not d.train:
         raise ConfigError("no training text: give --text FILE... (or data.train in the config)")
     if not d.tokenizer:
         raise ConfigError("no tokenizer: give --tokenizer TOK.model (or data.tokenizer in the config)")
     return dataclasses.replace(cfg, data=d)
-
-
-def _resolve(p: str, base: Path) -> str:
-    q = Path(p).expanduser()
-    return str(q if q.is_absolute() else (base / q).resolve())
 
 
 def read_text(paths: list[str] | tuple[str, ...], kaldi_ids: bool = False) -> list[str]:
@@ -167,13 +156,6 @@ def perplexity(lm: TransformerLM, seqs: list[list[int]], batch_tokens: int = 800
     return {"loss": loss, "ppl": math.exp(loss), "tokens": count}
 
 
-def _lr_lambda(warmup: int):
-    def f(step: int) -> float:
-        step = max(step, 1)
-        return min(step / warmup, math.sqrt(warmup / step)) if warmup > 0 else 1.0
-    return f
-
-
 class LMTrainer:
     """Trains a :class:`TransformerLM` on text into ``out_dir`` (single process).
 
@@ -199,11 +181,7 @@ class LMTrainer:
         self.lm = TransformerLM(self.tokenizer.vocab_size, cfg.lm).to(self.device)
         self.sampler = DurationBatchSampler([len(s) + 1 for s in self.train_seqs], d.batch_tokens, shuffle=True,
                                             seed=o.seed)
-        decay = [p for n, p in self.lm.named_parameters() if p.ndim > 1 and "embed" not in n]
-        no_decay = [p for n, p in self.lm.named_parameters() if not (p.ndim > 1 and "embed" not in n)]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(o.warmup_steps))
+        self.optimizer, self.scheduler = adamw_with_warmup(self.lm, o.lr, o.betas, o.weight_decay, o.warmup_steps)
         self.step, self.epoch, self.batches_done = 0, 0, 0
         self.out.mkdir(parents=True, exist_ok=True)
         self.train_log, self.valid_log = CsvLog(self.out / "train.csv"), CsvLog(self.out / "valid.csv")

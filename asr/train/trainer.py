@@ -12,7 +12,6 @@ resumed reproduces the losses of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -33,16 +32,10 @@ from asr.train.checkpoint import latest_checkpoint, prune, save_atomic
 from asr.train.config import ExperimentConfig
 from asr.train.feature_cache import FeatureBatch, FeatureCache
 from asr.train.logs import CsvLog, plot_curves
+from asr.train.optim import adamw_with_warmup
 from asr.train.validate import validate
 
 __all__ = ["Trainer"]
-
-
-def _lr_lambda(warmup: int):
-    def f(step: int) -> float:
-        step = max(step, 1)
-        return min(step / warmup, math.sqrt(warmup / step)) if warmup > 0 else 1.0
-    return f
 
 
 class Trainer:
@@ -90,11 +83,7 @@ class Trainer:
         self.sampler = DurationBatchSampler(self.dataset.durations, cfg.data.batch_seconds, shuffle=True,
                                             seed=o.seed, num_replicas=self.world, rank=self.rank,
                                             max_utterances=cfg.data.max_utterances)
-        decay = [p for n, p in self.model.named_parameters() if p.ndim > 1 and "embed" not in n]
-        no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim > 1 and "embed" not in n)]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(o.warmup_steps))
+        self.optimizer, self.scheduler = adamw_with_warmup(self.model, o.lr, o.betas, o.weight_decay, o.warmup_steps)
         self.step, self.epoch, self.batches_done = 0, 0, 0
         self.failed: list[tuple[str, str]] = []
         self.out.mkdir(parents=True, exist_ok=True)
