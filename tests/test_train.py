@@ -145,3 +145,44 @@ def test_ctc_warmup_then_all_heads_and_exact_resume(experiment, tmp_path):
     Trainer(cfg, tmp_path / "resumed", device="cpu", progress=False).train()
     straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
     assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-5)
+
+
+def test_deadline_stops_at_a_step_boundary_and_resume_is_exact(experiment, tmp_path, monkeypatch):
+    """A wall-clock deadline ends the run with a checkpoint at the step it reached; running again goes on."""
+    import itertools
+
+    import asr.train.trainer as trainer_module
+
+    cfg = load_experiment(experiment)
+    Trainer(cfg, tmp_path / "straight", device="cpu", progress=False).train()
+    clock = itertools.count()  # a fake monotonic clock: one tick per look at it
+    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: float(next(clock)))
+    stopped = Trainer(cfg, tmp_path / "resumed", device="cpu", progress=False)
+    stopped.train(deadline=4.0)
+    monkeypatch.undo()
+    assert 0 < stopped.step < cfg.optim.max_steps
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed")][-1] == f"checkpoint-{stopped.step}.pt"
+    Trainer(cfg, tmp_path / "resumed", device="cpu", progress=False).train()
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert [s for s, _ in resumed] == [s for s, _ in straight]
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_data_parallel_two_processes(experiment, tmp_path):
+    """torchrun with 2 CPU processes (gloo): both ranks step together, stop together, rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    exp = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "asr.cli.main", "train", "--config", str(experiment), "--out", str(exp),
+           "--device", "cpu", "--no-progress", "--max-steps", "4", "--max-seconds", "600"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(exp)] == ["checkpoint-4.pt"]
+    assert [s for s, _ in _losses(exp)] == [1, 2, 3, 4]
+    ck = torch.load(exp / "checkpoint-4.pt", weights_only=False)
+    assert len(ck["rng"]["ranks"]) == 2

@@ -224,8 +224,14 @@ class Trainer:
             return float(batch.feat_lens.sum()) * self.cfg.features.frame_shift_ms / 1000
         return float(batch.wave_lens.sum()) / self.cfg.features.sample_rate
 
-    def train(self) -> dict:
-        """Run until ``max_steps`` (or ``max_epochs``); returns the last validation results."""
+    def train(self, deadline: float | None = None) -> dict:
+        """Run until ``max_steps`` (or ``max_epochs``); returns the last validation results.
+
+        Args:
+            deadline: a ``time.monotonic()`` value; the run stops cleanly at the first step boundary
+                after it (final checkpoint written, so running again resumes there). Under DDP the
+                ranks agree on the step (rank 0's clock decides).
+        """
         o = self.cfg.optim
         bar = tqdm(total=o.max_steps, initial=self.step, desc="train", unit="step", disable=not self.progress,
                    dynamic_ncols=True)
@@ -233,7 +239,8 @@ class Trainer:
         window = {"utts": 0, "audio": 0.0, "time": time.perf_counter()}
         accum = 0
         self.model.train()
-        while self.step < o.max_steps and (o.max_epochs is None or self.epoch < o.max_epochs):
+        while (self.step < o.max_steps and (o.max_epochs is None or self.epoch < o.max_epochs)
+               and not self._past(deadline)):
             finished_epoch = True
             for batch in self._loader():
                 self.batches_done += 1
@@ -262,7 +269,7 @@ class Trainer:
                     last_valid = self.validate()
                 if self.step % o.checkpoint_every == 0:
                     self.save_checkpoint()
-                if self.step >= o.max_steps:
+                if self.step >= o.max_steps or self._past(deadline):
                     finished_epoch = False
                     break
             if finished_epoch:
@@ -277,6 +284,17 @@ class Trainer:
             print(f"done: {self.step} steps, {self.epoch} epochs; {len(self.failed)} utterances could not be "
                   f"read{': ' + ', '.join(u for u, _ in self.failed[:10]) if self.failed else ''}", file=sys.stderr)
         return last_valid
+
+    def _past(self, deadline: float | None) -> bool:
+        """Whether ``deadline`` has passed, decided by rank 0 and shared with every rank."""
+        if deadline is None:
+            return False
+        past = time.monotonic() >= deadline
+        if self.world > 1:
+            flag = torch.tensor([float(past)], device=self.device)
+            dist.broadcast(flag, 0)
+            past = bool(flag.item())
+        return past
 
     def _log(self, losses, grad_norm, window, bar) -> None:
         now = time.perf_counter()

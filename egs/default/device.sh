@@ -2,7 +2,10 @@
 # Run egs/default on the leased GPU machine (the `run` device tool), inside a fixed time budget.
 #
 #   bash egs/default/device.sh [BUDGET_S] [AVERAGE_NUM] [BENCH]      (carry: .tts .whl .carry)
-#   env: MODEL (conf/<MODEL>.yaml, default sar), PYTHON, RUN_ARGS (extra run.sh options for stages 0-1)
+#   env: MODEL (conf/<MODEL>.yaml, default sar), PYTHON, RUN_ARGS (extra run.sh options for stages 0-1),
+#        GPUS (default: every GPU nvidia-smi lists; > 1 trains with DDP),
+#        PROFILE_AT (seconds into training: py-spy dumps and records 20 s of each training process;
+#        the stacks go into results.tgz as prof/)
 #
 # Unpacks the Debian TTS packages (.tts/*.deb) under /tmp/tts, the wheels (.whl) under /tmp/site and
 # the re-encoded corpora (.carry/corpora.tgz, local/make_carry.py) under /tmp/carry,
@@ -53,8 +56,19 @@ echo "data + tokenizer: $(elapsed) s"
 reserve=50
 [ "$bench" = 1 ] && reserve=$((reserve + 100))
 left=$(( budget - $(elapsed) - reserve ))
+gpus=${GPUS:-$(nvidia-smi -L | wc -l)}
+if [ -n "${PROFILE_AT:-}" ]; then
+  mkdir -p prof
+  ( sleep "$PROFILE_AT"
+    for pid in $(pgrep -f local/train_timed.py); do
+      timeout 40 /tmp/site/bin/py-spy dump --pid "$pid" > "prof/dump-$pid.txt" 2>&1
+      timeout 40 /tmp/site/bin/py-spy record --pid "$pid" -d 20 -r 50 -f raw -o "prof/record-$pid.txt" \
+        > "prof/record-$pid.log" 2>&1 &
+    done; wait ) &
+fi
 if [ "$left" -gt 30 ]; then
-  egs/default/run.sh --stage 2 --stop-stage 2 --model "$model" --train-seconds "$left" || echo "training failed"
+  egs/default/run.sh --stage 2 --stop-stage 2 --model "$model" --train-seconds "$left" --gpus "$gpus" \
+    || echo "training failed"
 fi
 echo "trained: $(elapsed) s"
 egs/default/run.sh --stage 3 --stop-stage 3 --model "$model" --average-num "$average_num" || echo "export failed"
@@ -67,6 +81,6 @@ exp=egs/default/exp/$model
 [ -f $exp/model/model.pt ] && split -b 15000000 -d $exp/model/model.pt "$out/model.pt.part-"
 tar czf "$out/results.tgz" --ignore-failed-read $exp/config.yaml $exp/cmvn.json $exp/train.csv $exp/valid.csv \
   $exp/curves.png $exp/sessions.jsonl $exp/model/config.yaml $exp/model/tokenizer.model \
-  egs/default/data/manifests/valid.jsonl 2>/dev/null
+  egs/default/data/manifests/valid.jsonl prof 2>/dev/null
 ls -la "$out" $exp
 echo "done: $(elapsed) s"

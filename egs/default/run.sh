@@ -3,7 +3,7 @@
 # training splits of shared/corpora (speechocean762 train, ljspeech-part, fsdd); one SAR model with
 # CTC and attention heads (conf/sar.yaml), trained with dynamic blocks.
 #
-#   ./run.sh [--stage N] [--stop-stage M] [--corpora DIR] [--prompts FILE] [--train-seconds S]
+#   ./run.sh [--stage N] [--stop-stage M] [--corpora DIR] [--prompts FILE] [--train-seconds S] [--gpus G]
 #
 # Stages: 0 prepare (local/prepare.py: real speech to WAV, synthetic speech, manifests),
 # 1 tokenizer, 2 train (resumes; with --train-seconds S it stops cleanly after S seconds, so running
@@ -23,6 +23,7 @@ nj=16                               # worker processes for decoding and synthesi
 vocab_size=256
 tokenizer_lines=20000               # distinct transcripts the tokenizer is trained on
 train_seconds=0                     # 0: train to optim.max_steps; else a wall-clock budget
+gpus=1                              # > 1: data parallel through torchrun (DDP), one process per GPU
 average_num=5
 model=sar
 
@@ -54,10 +55,12 @@ main() {
   fi
   if in_stages 2; then
     log "stage 2: train $model"
+    local launch=("$python")
+    [ "$gpus" -gt 1 ] && launch=("$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus")
     if [ "$train_seconds" -gt 0 ]; then
-      "$python" local/train_timed.py --config "conf/$model.yaml" --out "$out" --seconds "$train_seconds"
+      "${launch[@]}" local/train_timed.py --config "conf/$model.yaml" --out "$out" --seconds "$train_seconds"
     else
-      asr train --config "conf/$model.yaml" --out "$out" --no-progress
+      "${launch[@]}" -m asr.cli.main train --config "conf/$model.yaml" --out "$out" --no-progress
     fi
   fi
   if in_stages 3; then

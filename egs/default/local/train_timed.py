@@ -1,12 +1,13 @@
 """``asr train`` with a wall-clock budget: stop cleanly (checkpoint written) after ``--seconds``.
 
 A leased GPU machine runs each command for a fixed time; the number of steps that fit is not known
-beforehand. At the deadline this script lowers the run's ``max_steps`` to the next step, so the
-trainer leaves its loop at a step boundary and writes its final checkpoint as usual; run it again
-with the same ``--out`` to resume exactly there. Each session appends its throughput (steps/s,
-utterances/s, audio seconds per second, peak GPU memory) to ``<out>/sessions.jsonl``.
+beforehand. The trainer stops at the first step boundary after the deadline and writes its final
+checkpoint (every rank agrees on the step under torchrun); run it again with the same ``--out`` to
+resume exactly there. Each session appends its throughput (steps/s, utterances/s, audio seconds per
+second, peak GPU memory, number of GPUs) to ``<out>/sessions.jsonl``.
 
     python egs/default/local/train_timed.py --config egs/default/conf/sar.yaml --out exp/sar --seconds 420
+    torchrun --standalone --nproc-per-node 2 egs/default/local/train_timed.py --config ... --seconds 420
 """
 
 from __future__ import annotations
@@ -15,20 +16,10 @@ import argparse
 import csv
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-
-
-def _stop_at_deadline(trainer, seconds: float, done: threading.Event) -> None:
-    if done.wait(seconds):
-        return
-    # OptimConfig is frozen; the trainer reads max_steps from this very object at every step.
-    object.__setattr__(trainer.cfg.optim, "max_steps", trainer.step + 1)
-    print(f"train_timed: {seconds:.0f} s budget reached at step {trainer.step}; stopping after the next step",
-          file=sys.stderr)
 
 
 def main() -> int:
@@ -44,16 +35,15 @@ def main() -> int:
     from asr.train import Trainer, load_experiment
 
     t_start = time.time()
+    deadline = time.monotonic() + args.seconds
     cfg = load_experiment(args.config)
     trainer = Trainer(cfg, args.out, device=args.device, progress=False)
     t_loop = time.time()
     first_step = trainer.step
-    done = threading.Event()
-    threading.Thread(target=_stop_at_deadline, args=(trainer, args.seconds - (t_loop - t_start), done),
-                     daemon=True).start()
-    result = trainer.train()
-    done.set()
+    result = trainer.train(deadline)
     wall = time.time() - t_loop
+    if not trainer.main:
+        return 0
     rows = [r for r in csv.DictReader(open(Path(args.out) / "train.csv"))
             if first_step + 1 < int(float(r["step"])) <= trainer.step]
     mean = (lambda k: sum(float(r[k]) for r in rows) / len(rows)) if rows else (lambda k: float("nan"))
@@ -62,7 +52,8 @@ def main() -> int:
                "steps_per_s": round((trainer.step - first_step) / wall, 3),
                "utt_per_s_logged": round(mean("utt_per_s"), 1),
                "audio_x_realtime_logged": round(mean("audio_x_realtime"), 1),
-               "batch_seconds": cfg.data.batch_seconds, "num_workers": cfg.data.num_workers,
+               "gpus": trainer.world, "batch_seconds_per_gpu": cfg.data.batch_seconds,
+               "num_workers": cfg.data.num_workers,
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
                "params": sum(p.numel() for p in trainer.model.parameters()),
