@@ -9,8 +9,8 @@ trainer draws one: utterances of ``--manifest`` (durations and transcripts; the 
 features are random) up to ``data.batch_seconds`` of padded audio, once with the CTC head alone
 (``optim.ctc_warmup_steps``) and once with every head at a 640 ms block. The count runs on the CPU
 in float32 (FLOPs do not depend on the device). Each session of ``--sessions`` (written by
-egs/default/local/train_timed.py on the GPU machine) then gives: steps/s x FLOPs/step = achieved
-TFLOP/s per GPU, and audio hours per GPU-hour.
+egs/default/local/train_timed.py on the GPU machine) then gives the achieved TFLOP/s per GPU (FLOPs
+per audio second x the logged audio seconds per second / GPUs) and audio hours per GPU-hour.
 
 Writes benchmarks/results/train_flops.json and .md.
 """
