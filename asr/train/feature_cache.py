@@ -1,9 +1,10 @@
 """Training features computed once and held on the training device (``data.cache_features``).
 
 A GPU trains a small conformer faster than data loader workers can read, speed-perturb and pad
-audio (the H200 runs of ``egs/default`` with 2400 s batches kept the GPU ~25 % busy). The cache reads every training
-utterance once, computes its fbank at every speed factor on the device, keeps it there as
-float16 (egs/default's training data x 3 speeds: 21.2 GiB on the H200), and then serves batches by indexing: no workers, no copies.
+audio (the H200 runs of ``egs/default`` with 2400 s batches kept the GPU ~25 % busy). The cache
+reads every training utterance once, computes its fbank at every speed factor on the device,
+keeps it there as float16 (egs/default's training data x 3 speeds: 21.2 GiB on the H200), and
+then serves batches by indexing: no workers, no copies.
 
 Batches are the same as the waveform path's: the same sampler order, the same speed factor per
 (epoch, utterance) (:meth:`AsrDataset.speed`) and the same fbank, so exact resume still holds.
