@@ -203,5 +203,5 @@ def _festival_voices() -> tuple[str, ...]:
     names = set()
     for root in _FESTIVAL_VOICE_DIRS:
         if root.is_dir():
-            names.update(d.name for d in root.glob("english/*") if d.is_dir())
+            names.update(d.name for d in root.glob("*/*") if d.is_dir())  # english/, us/, ...
     return tuple(sorted(names))

@@ -186,3 +186,55 @@ def test_data_parallel_two_processes(experiment, tmp_path):
     assert [s for s, _ in _losses(exp)] == [1, 2, 3, 4]
     ck = torch.load(exp / "checkpoint-4.pt", weights_only=False)
     assert len(ck["rng"]["ranks"]) == 2
+
+
+def test_wave_cache_matches_waveform_batches(experiment, tmp_path):
+    """The int16 waveform cache gives the waveform path's batches: same order, speeds and audio."""
+    import dataclasses
+
+    cfg = load_experiment(experiment)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_steps=3))
+    wave = Trainer(cfg, tmp_path / "wave", device="cpu", progress=False)
+    cached = Trainer(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_waves=True)),
+                     tmp_path / "cached", device="cpu", progress=False)
+    for epoch in (0, 1):
+        wave.epoch = cached.epoch = epoch
+        for a, b in zip(wave._loader(), cached._loader()):
+            assert a.ids == b.ids and torch.equal(a.wave_lens, b.wave_lens) and torch.equal(a.tokens, b.tokens)
+            assert b.waves.shape[1] % cached.cache.pad_to == 0
+            n = a.waves.shape[1]
+            torch.testing.assert_close(b.waves[:, :n], a.waves, atol=2e-3, rtol=0)  # int16 storage
+            assert torch.all(b.waves[:, n:] == 0)
+
+
+def test_augmented_training_and_init_from_a_model_dir(experiment, tmp_path):
+    """A run with on-device augmentation trains; a fresh run with `init` starts from its weights."""
+    import dataclasses
+
+    import numpy as np
+
+    from asr.data.wave_augment import WaveAugmentConfig
+
+    rirs = tmp_path / "rirs.npy"
+    np.save(rirs, (np.random.default_rng(0).standard_normal((3, 200)) * np.exp(-np.arange(200) / 40)).astype(np.float16))
+    cfg = load_experiment(experiment)
+    aug = WaveAugmentConfig(gain_prob=1.0, reverb_prob=1.0, rirs=str(rirs), noise_prob=1.0, telephone_prob=0.5)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_waves=True, augment=aug),
+                              optim=dataclasses.replace(cfg.optim, max_steps=3))
+    first = Trainer(cfg, tmp_path / "first", device="cpu", progress=False)
+    assert first.rirs.shape == (3, 200)
+    first.train()
+    assert [s for s, _ in _losses(tmp_path / "first")] == [1, 2, 3]
+    assert asr_main(["export", "--exp", str(tmp_path / "first"), "--out", str(tmp_path / "model")]) == 0
+    second = Trainer(dataclasses.replace(cfg, init=str(tmp_path / "model")), tmp_path / "second", device="cpu",
+                     progress=False)
+    assert second.step == 0
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[k], v), k
+
+
+def test_augment_with_feature_cache_is_a_config_error(experiment):
+    text = experiment.read_text().replace("num_workers: 0", "num_workers: 0\n  cache_features: true\n  augment: {}")
+    experiment.write_text(text)
+    with pytest.raises(ValueError, match="cache_waves"):
+        load_experiment(experiment)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from asr.config import ConfigError, from_dict, read_yaml, resolve_path
 from asr.data.augment import SpecAugmentConfig
+from asr.data.wave_augment import WaveAugmentConfig
 from asr.features import FbankConfig
 from asr.models.config import ModelConfig
 
@@ -31,6 +32,12 @@ class DataConfig:
         cache_features: compute every training utterance's fbank (at every speed) once and keep it
             on the training device as float16 (:mod:`asr.train.feature_cache`); for GPUs that the
             data loader cannot keep busy. ``optim.dither`` does not apply then.
+        cache_waves: keep every training utterance's audio on the training device as int16
+            (:mod:`asr.train.wave_cache`) and speed-perturb there; unlike ``cache_features`` it
+            leaves the audio open to ``augment``.
+        augment: waveform augmentation on the training device (noise, babble, reverberation,
+            gain, telephone band; :mod:`asr.data.wave_augment`); None = off. Not with
+            ``cache_features`` (the audio is gone by then).
     """
 
     train: tuple[str, ...] = ()
@@ -44,6 +51,8 @@ class DataConfig:
     num_workers: int = 2
     valid_max_utterances: int = 500
     cache_features: bool = False
+    cache_waves: bool = False
+    augment: WaveAugmentConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class OptimConfig:
     spec_augment: SpecAugmentConfig | None = field(default_factory=SpecAugmentConfig)
     bf16: bool = True  # autocast on CUDA; float32 on CPU regardless
     ctc_warmup_steps: int = 0
+    cudnn_attention: bool = True  # False: SDPA may not pick the cuDNN backend (benchmarks/train_step.py)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,9 @@ class ExperimentConfig:
     """Attributes:
         lm_init: LM directory (``asr train-lm``, ``<out>/lm``) whose weights initialise
             ``model.sar.lm`` at the start of a fresh run (not on resume); relative to the YAML file.
+        init: model directory (``asr export``) whose weights, CMVN included, initialise a fresh run
+            (not on resume): a run continued from weights alone, e.g. from one GPU lease to the
+            next, where the optimizer state did not travel. Its tokenizer must be ``data.tokenizer``.
     """
 
     model: ModelConfig
@@ -89,6 +102,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     features: FbankConfig = field(default_factory=FbankConfig)
     lm_init: str | None = None
+    init: str | None = None
 
 
 def load_experiment(path: str | Path, vocab_size: int | None = None) -> ExperimentConfig:
@@ -117,4 +131,12 @@ def load_experiment(path: str | Path, vocab_size: int | None = None) -> Experime
         valid=resolve_path(d.valid, path.parent) if d.valid else None,
         tokenizer=resolve_path(d.tokenizer, path.parent) if d.tokenizer else "",
         cmvn=resolve_path(d.cmvn, path.parent) if d.cmvn else None)
-    return dataclasses.replace(cfg, data=data, lm_init=resolve_path(cfg.lm_init, path.parent) if cfg.lm_init else None)
+    if d.augment is not None:
+        if d.cache_features:
+            raise ConfigError(f"{path}: data.augment needs the audio: use data.cache_waves, not data.cache_features")
+        if d.augment.rirs:
+            data = dataclasses.replace(data, augment=dataclasses.replace(
+                d.augment, rirs=resolve_path(d.augment.rirs, path.parent)))
+    return dataclasses.replace(cfg, data=data,
+                               lm_init=resolve_path(cfg.lm_init, path.parent) if cfg.lm_init else None,
+                               init=resolve_path(cfg.init, path.parent) if cfg.init else None)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from asr.config import save_yaml
 from asr.data import AsrDataset, DurationBatchSampler, collate, read_manifest, spec_augment
+from asr.data.wave_augment import augment_waves
 from asr.features import CmvnAccumulator, Fbank, GlobalCMVN
 from asr.models import AsrModel, build_model
 from asr.models.lm_io import init_sar_lm
@@ -34,6 +35,7 @@ from asr.train.feature_cache import FeatureBatch, FeatureCache
 from asr.train.logs import CsvLog, plot_curves
 from asr.train.optim import adamw_with_warmup
 from asr.train.validate import validate
+from asr.train.wave_cache import WaveCache
 
 __all__ = ["Trainer"]
 
@@ -88,8 +90,13 @@ class Trainer:
         self.failed: list[tuple[str, str]] = []
         self.out.mkdir(parents=True, exist_ok=True)
         self.train_log, self.valid_log = CsvLog(self.out / "train.csv"), CsvLog(self.out / "valid.csv")
+        if self.device.type == "cuda" and not o.cudnn_attention:
+            torch.backends.cuda.enable_cudnn_sdp(False)
         if not self._resume():
-            self._init_cmvn()
+            if cfg.init:
+                self._init_weights(cfg.init)
+            else:
+                self._init_cmvn()
             if cfg.lm_init:
                 init_sar_lm(self.model, cfg.lm_init, self.tokenizer)
                 if self.main:
@@ -97,7 +104,17 @@ class Trainer:
             if self.main:
                 save_yaml(cfg, self.out / "config.yaml")
         self.cache = None
-        if cfg.data.cache_features:
+        self.rirs = None
+        if cfg.data.augment is not None and cfg.data.augment.rirs:
+            import numpy as np
+
+            self.rirs = torch.from_numpy(np.load(cfg.data.augment.rirs)).float().to(self.device)
+        if cfg.data.cache_waves:
+            self.cache = WaveCache(self.dataset, self.device, cfg.features.sample_rate, cfg.data.num_workers,
+                                   progress=self.progress)
+            if self.main:
+                print(f"wave cache: {self.cache.nbytes / 2**30:.2f} GiB on {self.device}", file=sys.stderr)
+        elif cfg.data.cache_features:
             self.cache = FeatureCache(self.dataset, self.fbank, cfg.data.num_workers, progress=self.progress)
             if self.main:
                 print(f"feature cache: {self.cache.nbytes / 2**30:.2f} GiB on {self.device}", file=sys.stderr)
@@ -135,6 +152,18 @@ class Trainer:
         self.model.cmvn.load_state_dict(cmvn.state_dict())
         if self.main:
             self.model.cmvn.save(self.out / "cmvn.json")
+
+    def _init_weights(self, model_dir: str) -> None:
+        """Start from the weights (and CMVN) of an exported model directory."""
+        from asr.models.io import load_model_dir
+        from asr.models.lm_io import check_same_tokenizer
+
+        loaded = load_model_dir(model_dir)
+        check_same_tokenizer(loaded.tokenizer, self.tokenizer, f"init {model_dir}")
+        self.model.load_state_dict(loaded.model.state_dict())
+        if self.main:
+            self.model.cmvn.save(self.out / "cmvn.json")
+            print(f"initialised from {model_dir} (step {loaded.config.provenance.get('step', '?')})", file=sys.stderr)
 
     def _rng_state(self) -> dict:
         state = {"torch": torch.get_rng_state(), "block": self.block_gen.get_state(),
@@ -210,7 +239,11 @@ class Trainer:
             if isinstance(batch, FeatureBatch):
                 feats, feat_lens = batch.feats, batch.feat_lens
             else:
-                feats, feat_lens = self.fbank(batch.waves, batch.wave_lens, dither=o.dither)
+                waves = batch.waves
+                if self.cfg.data.augment is not None:
+                    waves = augment_waves(waves, batch.wave_lens, self.cfg.data.augment, self.aug_gen, self.rirs,
+                                          self.cfg.features.sample_rate)
+                feats, feat_lens = self.fbank(waves, batch.wave_lens, dither=o.dither)
             if o.spec_augment is not None and not warmup:
                 feats = spec_augment(feats, feat_lens, o.spec_augment, self.aug_gen, fill=self.model.cmvn.mean)
         use_bf16 = o.bf16 and self.device.type == "cuda"

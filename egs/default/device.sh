@@ -1,86 +1,109 @@
 #!/usr/bin/env bash
-# Run egs/default on the leased GPU machine (the `run` device tool), inside a fixed time budget.
+# One training run of egs/default on the leased GPU machine (the `run` device tool), spread over
+# several calls to one warm machine: the corpora travel in parts (a call carries at most 64 MiB,
+# the repository's model takes 35 of them), and the training runs on in the background between
+# calls (a process started with setsid outlives its call), so no call has to fit the whole run.
 #
-#   bash egs/default/device.sh [BUDGET_S] [AVERAGE_NUM] [BENCH]      (carry: .tts .whl .carry)
-#   env: MODEL (conf/<MODEL>.yaml, default sar), PYTHON, RUN_ARGS (extra run.sh options for stages 0-1),
-#        GPUS (default: every GPU nvidia-smi lists; > 1 trains with DDP),
-#        PROFILE_AT (seconds into training: py-spy dumps and records 20 s of each training process;
-#        the stacks go into results.tgz as prof/)
+#   bash egs/default/device.sh setup            carry: .tts .whl .carry/p1    unpack; start the synthesis
+#   bash egs/default/device.sh setup            carry: .carry/m .carry/p2 ... unpack more parts
+#   bash egs/default/device.sh start END_S [W]  carry: the last parts         unpack; start the run in the
+#                                               background (it ends END_S seconds from now), follow it W s
+#   bash egs/default/device.sh wait W           follow the run for up to W seconds
 #
-# Unpacks the Debian TTS packages (.tts/*.deb) under /tmp/tts, the wheels (.whl) under /tmp/site and
-# the re-encoded corpora (.carry/corpora.tgz, local/make_carry.py) under /tmp/carry,
-# runs stages 0-1 (skipped when done: a warm machine keeps their outputs), trains for what is left
-# of BUDGET_S after a reserve for averaging, export and packing, then exports the averaged model
-# (float16) and leaves in $OUT: model.pt split into parts under 16 MB, results.tgz (configs,
-# tokenizer, logs, curves, CMVN) and log.txt. Run it again on the same machine to continue training.
-# BENCH = 1 (third argument) also runs the GPU section of benchmarks/encoder.py when at least 100 s are left.
+# The parts come from local/make_carry.py (corpora, prompts, RIRs in .carry/p<k>). To save 35 MB
+# per call, the starting weights travel once, in .carry/m/model.pt (moved out of models/default for
+# the lease, so the working tree is small); they become the model directory /tmp/init-model that
+# the run starts from (`init`).
+#
+# Every call leaves in $OUT what the run has so far: log.txt, train.csv, valid.csv, sessions.jsonl,
+# the train-step benchmark; once the run has ended, also model.pt in parts under 16 MB
+# (model.pt.part-NN; `cat` them) and results.tgz (configs, logs, curves, CMVN). The run itself is
+# local/lease.sh: stage 0 (prepare) and the train-step benchmark, training until END_S - 60 s
+# (local/train_timed.py), then averaging and a float16 export. env: MODEL (conf/<MODEL>.yaml).
 set -uo pipefail
-t0=$(date +%s)
-budget=${1:-570}
-average_num=${2:-5}
-model=${MODEL:-sar}
-python=${PYTHON:-python3}
-bench=${3:-0}
 root=$(pwd)
 out=${OUT:-/tmp/out}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-exec > >(tee -a "$out/log.txt") 2>&1
-elapsed() { echo $(( $(date +%s) - t0 )); }
-
-if [ ! -x /tmp/tts/bin/espeak-ng ]; then
-  mkdir -p /tmp/tts/bin
-  for f in .tts/*.deb; do dpkg -x "$f" /tmp/tts; done
-  printf '#!/bin/sh\nexec /tmp/tts/usr/bin/espeak-ng --path=/tmp/tts/usr/lib/x86_64-linux-gnu "$@"\n' > /tmp/tts/bin/espeak-ng
-  ln -sf /tmp/tts/usr/bin/flite /tmp/tts/bin/flite
-  chmod +x /tmp/tts/bin/espeak-ng
-fi
+lease=/tmp/lease
+mkdir -p "$out" $lease
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$root
 L=/tmp/tts/usr/lib/x86_64-linux-gnu
 export PATH=/tmp/tts/bin:$PATH LD_LIBRARY_PATH=$L:$L/pulseaudio:/tmp/tts/lib/x86_64-linux-gnu
-if [ ! -f /tmp/site/.done ]; then
-  $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && touch /tmp/site/.done || exit 1
-fi
-export PYTHONPATH=/tmp/site:$root
-if [ ! -d /tmp/carry/corpora ]; then
-  mkdir -p /tmp/carry && tar xzf .carry/corpora.tgz -C /tmp/carry || exit 1
-fi
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 >> "$out/gpu.csv" 2>/dev/null &
-smi=$!
-trap 'kill $smi 2>/dev/null' EXIT  # a left-over sampler would hold the log pipe open past the end
-echo "setup: $(elapsed) s"
-
-egs/default/run.sh --stage 0 --stop-stage 1 --corpora /tmp/carry/corpora ${RUN_ARGS:-} || { echo "stages 0-1 failed"; exit 1; }
-echo "data + tokenizer: $(elapsed) s"
-reserve=50
-[ "$bench" = 1 ] && reserve=$((reserve + 100))
-left=$(( budget - $(elapsed) - reserve ))
-gpus=${GPUS:-$(nvidia-smi -L | wc -l)}
-if [ -n "${PROFILE_AT:-}" ]; then
-  mkdir -p prof
-  ( sleep "$PROFILE_AT"
-    for pid in $(pgrep -f local/train_timed.py); do
-      timeout 40 /tmp/site/bin/py-spy dump --pid "$pid" > "prof/dump-$pid.txt" 2>&1
-      timeout 40 /tmp/site/bin/py-spy record --pid "$pid" -d 20 -r 50 -f raw -o "prof/record-$pid.txt" \
-        > "prof/record-$pid.log" 2>&1 &
-    done; wait ) &
-fi
-if [ "$left" -gt 30 ]; then
-  egs/default/run.sh --stage 2 --stop-stage 2 --model "$model" --train-seconds "$left" --gpus "$gpus" \
-    || echo "training failed"
-fi
-echo "trained: $(elapsed) s"
-egs/default/run.sh --stage 3 --stop-stage 3 --model "$model" --average-num "$average_num" || echo "export failed"
-
-if [ "$bench" = 1 ] && [ $(( budget - $(elapsed) )) -gt 100 ]; then
-  timeout $(( budget - $(elapsed) - 15 )) $python benchmarks/encoder.py --skip-cpu && cp benchmarks/results/encoder_cuda.* "$out"/
-fi
-
+model=${MODEL:-sar}
 exp=egs/default/exp/$model
-[ -f $exp/model/model.pt ] && split -b 15000000 -d $exp/model/model.pt "$out/model.pt.part-"
-tar czf "$out/results.tgz" --ignore-failed-read $exp/config.yaml $exp/cmvn.json $exp/train.csv $exp/valid.csv \
-  $exp/curves.png $exp/sessions.jsonl $exp/model/config.yaml $exp/model/tokenizer.model \
-  egs/default/data/manifests/valid.jsonl prof 2>/dev/null
-ls -la "$out" $exp
-echo "done: $(elapsed) s"
+data=egs/default/data
+
+unpack() {
+  if [ -d .tts ] && [ ! -x /tmp/tts/bin/espeak-ng ]; then
+    mkdir -p /tmp/tts/bin
+    for f in .tts/*.deb; do dpkg -x "$f" /tmp/tts; done
+    printf '#!/bin/sh\nexec /tmp/tts/usr/bin/espeak-ng --path=/tmp/tts/usr/lib/x86_64-linux-gnu "$@"\n' > /tmp/tts/bin/espeak-ng
+    ln -sf /tmp/tts/usr/bin/flite /tmp/tts/bin/flite
+    chmod +x /tmp/tts/bin/espeak-ng
+  fi
+  if [ -d .whl ] && [ ! -f /tmp/site/.done ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      && touch /tmp/site/.done || exit 1
+  fi
+  mkdir -p /tmp/carry $data
+  for part in .carry/p*/corpora-*.tgz; do
+    [ -f "$part" ] || continue
+    marker=/tmp/carry/.$(basename "$part").done
+    [ -f "$marker" ] || { tar xzf "$part" -C /tmp/carry && touch "$marker"; } || exit 1
+    echo "unpacked $part"
+  done
+  for f in .carry/p*/rirs.npy .carry/p*/prompts.txt.gz; do
+    [ -f "$f" ] && cp "$f" /tmp/carry/
+  done
+  [ -f /tmp/carry/rirs.npy ] && cp /tmp/carry/rirs.npy $data/rirs.npy
+  if [ -f .carry/m/model.pt ] && [ ! -f /tmp/init-model/model.pt ]; then
+    mkdir -p /tmp/init-model && cp models/default/config.yaml models/default/tokenizer.model /tmp/init-model/ \
+      && cp .carry/m/model.pt /tmp/init-model/ && echo "starting weights: /tmp/init-model"
+  fi
+  return 0
+}
+
+report() {  # what the run has so far, into $OUT
+  cp $lease/log.txt "$out"/ 2>/dev/null
+  for f in train.csv valid.csv sessions.jsonl; do cp $exp/$f "$out"/ 2>/dev/null; done
+  cp benchmarks/results/train_step_cuda.md "$out"/ 2>/dev/null
+  if [ -f $lease/done ]; then
+    [ -f $exp/model/model.pt ] && split -b 15000000 -d $exp/model/model.pt "$out/model.pt.part-"
+    tar czf "$out/results.tgz" --ignore-failed-read $exp/config.yaml $exp/cmvn.json $exp/train.csv $exp/valid.csv \
+      $exp/curves.png $exp/sessions.jsonl $exp/model/config.yaml $exp/model/tokenizer.model \
+      $data/manifests/valid.jsonl $lease/gpu.csv benchmarks/results/train_step_cuda.* 2>/dev/null
+  fi
+  ls -la "$out"
+}
+
+follow() {  # follow the log for up to $1 seconds, or until the run is done
+  local until=$(( $(date +%s) + $1 ))
+  tail -n +1 -f $lease/log.txt & local tailer=$!
+  while [ "$(date +%s)" -lt "$until" ] && [ ! -f $lease/done ]; do sleep 5; done
+  kill $tailer 2>/dev/null
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  report
+}
+
+case "${1:-}" in
+  setup)
+    unpack
+    if [ ! -f $lease/synth.started ] && [ -f /tmp/carry/prompts.txt.gz ]; then
+      touch $lease/synth.started
+      setsid nohup bash -c "egs/default/run.sh --stage 0 --stop-stage 0 --synth-only 1 --nj 14 \
+        --prompts /tmp/carry/prompts.txt.gz > $lease/synth.log 2>&1; touch $lease/synth.done" > /dev/null 2>&1 &
+      echo "synthesis started"
+    fi
+    sleep 3; tail -3 $lease/synth.log 2>/dev/null; df -h /tmp | tail -1 ;;
+  start)
+    unpack
+    end=$(( $(date +%s) + ${2:?END_S} ))
+    [ -f $lease/started ] && { echo "a run was started already"; follow "${3:-0}"; exit 0; }
+    touch $lease/started
+    setsid nohup bash egs/default/local/lease.sh "$end" "$model" > $lease/log.txt 2>&1 &
+    sleep 5
+    follow "${3:-0}" ;;
+  wait)
+    follow "${2:?SECONDS}" ;;
+  *)
+    sed -n 2,20p "$0"; exit 2 ;;
+esac

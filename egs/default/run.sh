@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The default model shipped in models/default: synthetic speech from the Debian TTS voices plus the
-# training splits of shared/corpora (speechocean762 train, ljspeech-part, fsdd); one SAR model with
-# CTC and attention heads (conf/sar.yaml), trained with dynamic blocks.
+# The default model shipped in models/default: the real speech of shared/corpora (every corpus but
+# its dev-test speakers, local/splits.py) plus synthetic speech from the Debian TTS voices; one SAR
+# model with CTC and attention heads (conf/sar.yaml), trained with dynamic blocks and on-GPU
+# augmentation, continued from lease to lease (device.sh).
 #
-#   ./run.sh [--stage N] [--stop-stage M] [--corpora DIR] [--prompts FILE] [--train-seconds S] [--gpus G]
+#   ./run.sh [--stage N] [--stop-stage M] [--corpora DIR] [--prompts FILE] [--train-seconds S] [--gpus G] [--init DIR]
 #
 # Stages: 0 prepare (local/prepare.py: real speech to WAV, synthetic speech, manifests),
 # 1 tokenizer, 2 train (resumes; with --train-seconds S it stops cleanly after S seconds, so running
@@ -17,13 +18,15 @@ cd "$(dirname "$0")"
 
 corpora=/tmp/blockasr-carry/corpora  # Kaldi dirs (local/make_carry.py --work); never speechocean762/dev
 prompts=../../.carry/text/prompts.txt.gz
-tts_utts=36000                      # synthetic utterances over all voices
-flite_utts=6000                     # extra utterances of the flite voices
+tts_utts=12000                      # synthetic utterances over all voices (~15 h)
+flite_utts=4000                     # extra utterances of the flite voices (~6 h)
+synth_only=0                        # 1: stage 0 synthesises only (device.sh, while corpora travel)
 nj=16                               # worker processes for decoding and synthesis
 vocab_size=256
 tokenizer_lines=20000               # distinct transcripts the tokenizer is trained on
 train_seconds=0                     # 0: train to optim.max_steps; else a wall-clock budget
 gpus=1                              # > 1: data parallel through torchrun (DDP), one process per GPU
+init=""                             # model dir to start from, in place of the config's `init`
 average_num=5
 model=sar
 
@@ -46,8 +49,12 @@ main() {
   local tokenizer="$data/lang/bpe_$vocab_size" out="$exp/$model"
   if in_stages 0; then
     log "stage 0: prepare"
-    once "$data/.prepare.done" "$python" local/prepare.py --corpora "$corpora" --prompts "$prompts" \
-      --data "$data" --tts-utts "$tts_utts" --flite-utts "$flite_utts" --jobs "$nj"
+    local args=(--prompts "$prompts" --data "$data" --tts-utts "$tts_utts" --flite-utts "$flite_utts" --jobs "$nj")
+    if [ "$synth_only" = 1 ]; then
+      once "$data/.synth.done" "$python" local/prepare.py "${args[@]}" --synth-only
+    else
+      once "$data/.prepare.done" "$python" local/prepare.py "${args[@]}" --corpora "$corpora"
+    fi
   fi
   if in_stages 1; then
     log "stage 1: tokenizer (vocab $vocab_size)"
@@ -58,7 +65,8 @@ main() {
     local launch=("$python")
     [ "$gpus" -gt 1 ] && launch=("$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus")
     if [ "$train_seconds" -gt 0 ]; then
-      "${launch[@]}" local/train_timed.py --config "conf/$model.yaml" --out "$out" --seconds "$train_seconds"
+      "${launch[@]}" local/train_timed.py --config "conf/$model.yaml" --out "$out" --seconds "$train_seconds" \
+        ${init:+--init "$init"}
     else
       "${launch[@]}" -m asr.cli.main train --config "conf/$model.yaml" --out "$out" --no-progress
     fi

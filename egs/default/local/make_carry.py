@@ -1,19 +1,22 @@
-"""Build the folder that travels to the GPU machine: the training splits of ``shared/corpora``
-re-encoded to smaller Ogg/Opus, and the text for synthesis prompts.
+"""Build what travels to the GPU machine: the training splits of ``shared/corpora`` re-encoded to
+smaller Ogg/Opus, the room impulse responses, and the text for synthesis prompts.
 
-Only training material goes in: ``speechocean762/dev`` is the held-out test set and is never read.
-Five ``speechocean762/train`` speakers become a ``valid`` split (validation during training); every
-100th line of ``brown.txt`` (line index % 100 == 0) is kept out of the prompts, for the held-out
-synthetic test set (``local/synth_test.sh``).
+Only training material goes in (``splits.TRAIN``): the dev-test speakers (``splits.DEVTEST``) are
+never read. Each training split loses a few speakers to a ``valid_<split>`` folder (speaker-disjoint
+validation during training); every 100th line of ``brown.txt`` (line index % 100 == 0) is kept out
+of the prompts, for the held-out synthetic test set.
+
+A call of the device tool carries at most 64 MiB with the working tree (the model alone is 35 MB),
+so the corpora are packed into parts of at most ``--part-mb``, each carried by its own call on the
+same warm machine (``device.sh`` unpacks every part it finds).
 
     python egs/default/local/make_carry.py --corpora ../shared/corpora --text ../shared/text --out .carry
 
 Output::
 
     <work>/corpora/<corpus>/<split>/{wav.scp,text,utt2spk,spk2utt}  and  <work>/corpora/<corpus>/audio/...
-    <out>/corpora.tgz              <work>/corpora packed (thousands of small files pack to far fewer
-                                   bytes than they take on disk: the carry limit counts the latter)
-    <out>/text/prompts.txt.gz      one normalised sentence per line
+    <out>/p<k>/corpora-<k>.tgz      the corpora in parts (tar.gz of Opus files and Kaldi dirs)
+    <out>/p1/prompts.txt.gz         one normalised sentence per line
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import multiprocessing
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -28,20 +32,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-# corpus, source split, libsndfile Opus compression level (0.96 ~ 20 kbit/s, 0.985 ~ 12, 1.0 ~ 8)
-SETS = [("speechocean762", "train", 0.96), ("ljspeech-part", "train", 0.985), ("fsdd", "all", 1.0)]
-VALID_SPEAKERS = 5  # speechocean762/train speakers moved to <out>/corpora/speechocean762/valid
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from splits import TRAIN, read_kaldi, split_speakers  # noqa: E402
+
 HELDOUT_EVERY = 100  # brown.txt line i is held out of the prompts when i % 100 == 0
-
-
-def read_kaldi(split_dir: Path) -> tuple[dict, dict, dict]:
-    def table(name: str) -> dict[str, str]:
-        rows = {}
-        for line in (split_dir / name).read_text().splitlines():
-            key, _, value = line.partition(" ")
-            rows[key] = value.strip()
-        return rows
-    return table("wav.scp"), table("text"), table("utt2spk")
 
 
 def write_kaldi(split_dir: Path, utts: list[str], wav: dict, text: dict, spk: dict) -> None:
@@ -56,9 +50,14 @@ def write_kaldi(split_dir: Path, utts: list[str], wav: dict, text: dict, spk: di
     (split_dir / "spk2utt").write_text("".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())))
 
 
-def reencode(job: tuple[str, str, float]) -> int:
+def reencode(job: tuple[str, str, float | None]) -> int:
+    """Re-encode ``src`` to Opus at compression ``level`` into ``dst``; ``level`` None copies it."""
     src, dst, level = job
     if Path(dst).is_file():
+        return Path(dst).stat().st_size
+    if level is None:
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
         return Path(dst).stat().st_size
     data, rate = sf.read(src, dtype="float32", always_2d=True)
     mono = np.ascontiguousarray(data.mean(axis=1))
@@ -74,35 +73,60 @@ def reencode(job: tuple[str, str, float]) -> int:
     return Path(dst).stat().st_size
 
 
+def _pack(work: Path, out: Path, part_bytes: int) -> list[Path]:
+    """Tar the Kaldi dirs and audio under ``work/corpora`` into gzipped parts of at most ``part_bytes``
+    (Opus does not compress further: the input size is the part size)."""
+    files = sorted(p for p in (work / "corpora").rglob("*") if p.is_file() and not p.name.endswith(".tmp.opus"))
+    parts: list[list[Path]] = [[]]
+    size = 0
+    for f in files:
+        n = f.stat().st_size + 512
+        if size + n > part_bytes and parts[-1]:
+            parts.append([])
+            size = 0
+        parts[-1].append(f)
+        size += n
+    paths = []
+    for k, group in enumerate(parts, 1):
+        (out / f"p{k}").mkdir(parents=True, exist_ok=True)
+        path = out / f"p{k}" / f"corpora-{k}.tgz"
+        with tarfile.open(path, "w:gz") as tar:
+            for f in group:
+                tar.add(f, arcname=str(f.relative_to(work)))
+        paths.append(path)
+    return paths
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpora", required=True)
     p.add_argument("--text", required=True, help="folder with brown.txt and ljspeech_transcripts.txt")
     p.add_argument("--out", required=True)
     p.add_argument("--work", default="/tmp/blockasr-carry", help="where the re-encoded files are written")
+    p.add_argument("--part-mb", type=float, default=24.0, help="size of each carried part (MB)")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--copy", action="store_true",
+                   help="copy the Opus files as they are (files re-encoded by an earlier run are kept): "
+                        "more parts to carry, no CPU time (re-encoding takes ~0.2 CPU s per file)")
     args = p.parse_args()
     corpora, out, work = Path(args.corpora), Path(args.out), Path(args.work)
     jobs = []
-    for corpus, split, level in SETS:
+    for corpus, split, n_valid, level in TRAIN:
         wav, text, spk = read_kaldi(corpora / corpus / split)
-        utts = sorted(wav)
-        splits = {split: utts}
-        if corpus == "speechocean762":
-            speakers = sorted(set(spk.values()))
-            valid = set(speakers[:: len(speakers) // VALID_SPEAKERS][:VALID_SPEAKERS])
-            splits = {split: [u for u in utts if spk[u] not in valid],
-                      "valid": [u for u in utts if spk[u] in valid]}
+        train_spk, valid_spk = split_speakers(corpus, split, spk, n_valid)
+        splits = {split: [u for u in sorted(wav) if spk[u] in train_spk]}
+        if valid_spk:
+            splits[f"valid_{split}"] = [u for u in sorted(wav) if spk[u] in valid_spk]
         for name, us in splits.items():
             write_kaldi(work / "corpora" / corpus / name, us, wav, text, spk)
-            print(f"{corpus}/{name}: {len(us)} utterances", file=sys.stderr)
-        jobs += [(str(corpora / corpus / wav[u]), str(work / "corpora" / corpus / wav[u]), level) for u in utts]
+            print(f"{corpus}/{name}: {len(us)} utterances, {len({spk[u] for u in us})} speakers", file=sys.stderr)
+            jobs += [(str(corpora / corpus / wav[u]), str(work / "corpora" / corpus / wav[u]),
+                      None if args.copy else level) for u in us]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         total = sum(pool.imap_unordered(reencode, jobs, chunksize=32))
     print(f"re-encoded {len(jobs)} files: {total / 2**20:.1f} MiB", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(out / "corpora.tgz", "w:gz") as tar:
-        tar.add(work / "corpora", arcname="corpora")
+    for path in _pack(work, out, int(args.part_mb * 1e6)):
+        print(f"{path}: {path.stat().st_size / 1e6:.1f} MB", file=sys.stderr)
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
     from recipes.text import normalize_text
@@ -113,8 +137,7 @@ def main() -> int:
             lines.append(normalize_text(line))
     for line in (Path(args.text) / "ljspeech_transcripts.txt").read_text().splitlines():
         lines.append(normalize_text(line.partition(" ")[2]))
-    (out / "text").mkdir(parents=True, exist_ok=True)
-    with gzip.open(out / "text" / "prompts.txt.gz", "wt") as f:
+    with gzip.open(out / "p1" / "prompts.txt.gz", "wt") as f:
         f.writelines(line + "\n" for line in lines if line)
     print(f"prompts: {sum(1 for x in lines if x)} lines", file=sys.stderr)
     return 0

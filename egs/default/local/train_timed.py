@@ -28,6 +28,7 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--seconds", type=float, required=True, help="wall-clock budget for the training loop")
     p.add_argument("--device", default=None)
+    p.add_argument("--init", default=None, help="model dir to start a fresh run from (overrides the config's init)")
     args = p.parse_args()
 
     import torch
@@ -37,6 +38,10 @@ def main() -> int:
     t_start = time.time()
     deadline = time.monotonic() + args.seconds
     cfg = load_experiment(args.config)
+    if args.init:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, init=args.init)
     trainer = Trainer(cfg, args.out, device=args.device, progress=False)
     t_loop = time.time()
     first_step = trainer.step
@@ -44,8 +49,9 @@ def main() -> int:
     wall = time.time() - t_loop
     if not trainer.main:
         return 0
-    rows = [r for r in csv.DictReader(open(Path(args.out) / "train.csv"))
-            if first_step + 1 < int(float(r["step"])) <= trainer.step]
+    log = Path(args.out) / "train.csv"
+    rows = [r for r in csv.DictReader(open(log)) if first_step + 1 < int(float(r["step"])) <= trainer.step] \
+        if log.is_file() else []
     mean = (lambda k: sum(float(r[k]) for r in rows) / len(rows)) if rows else (lambda k: float("nan"))
     session = {"start_step": first_step, "end_step": trainer.step, "loop_seconds": round(wall, 1),
                "setup_seconds": round(t_loop - t_start, 1),
