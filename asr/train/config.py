@@ -84,7 +84,9 @@ class OptimConfig:
     spec_augment: SpecAugmentConfig | None = field(default_factory=SpecAugmentConfig)
     bf16: bool = True  # autocast on CUDA; float32 on CPU regardless
     ctc_warmup_steps: int = 0
-    cudnn_attention: bool = True  # False: SDPA may not pick the cuDNN backend (benchmarks/train_step.py)
+    # False: SDPA may not pick its cuDNN backend, which plans per new shape: with a new length in
+    # every batch, the all-heads step of egs/default ran 8x slower with it (benchmarks/results/train_step_cuda.md)
+    cudnn_attention: bool = True
 
 
 @dataclass(frozen=True)

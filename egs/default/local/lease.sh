@@ -26,7 +26,7 @@ if python3 -c "
 import json, sys
 r = {x['mode']: x['audio_s_per_s'] for x in json.load(open('../../benchmarks/results/train_step_cuda.json'))['results']}
 sys.exit(0 if r['all, no cuDNN attention'] > 1.05 * r['all'] else 1)" 2>/dev/null; then
-  grep -q cudnn_attention conf/$model.yaml || sed -i 's/^  bf16: true/  bf16: true\n  cudnn_attention: false/' conf/$model.yaml
+  grep -q "cudnn_attention: false" conf/$model.yaml || sed -i "s/cudnn_attention: true/cudnn_attention: false/" conf/$model.yaml
   echo "training with cudnn_attention: false"
 fi
 train=$(( $(left) - 70 ))
