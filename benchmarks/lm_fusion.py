@@ -23,11 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _decode(data: Path, n: int, tag: str, args: argparse.Namespace, extra: list[str]) -> dict:
+def _decode(data: Path, n: int, tag: str, args: argparse.Namespace, extra: list[str]) -> dict | None:
     out = RESULTS / "lm_fusion" / data.stem / tag
     summary = out / "summary.json"
     if summary.is_file() and json.loads(summary.read_text())["utterances"] == n and not args.redo:
         return json.loads(summary.read_text())  # done already (a re-run continues)
+    if args.no_decode:
+        return None
     cmd = [sys.executable, "-m", "asr.cli.main", "decode", "--model", args.model, "--data", str(data),
            "--out", str(out), "--threads", str(args.threads), "--max-utts", str(n), "--quiet", *extra]
     print("+", " ".join(cmd[2:]), file=sys.stderr, flush=True)
@@ -35,6 +37,21 @@ def _decode(data: Path, n: int, tag: str, args: argparse.Namespace, extra: list[
     if proc.returncode:
         raise SystemExit(f"{tag} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _lm_summary(lm_dir: Path) -> str:
+    """One line on the LM directory: sizes, parameters, weights on disk, training steps."""
+    import yaml
+
+    cfg_path = lm_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return ""
+    cfg = yaml.safe_load(cfg_path.read_text())
+    lm, prov = cfg.get("lm", {}), cfg.get("provenance", {})
+    mb = (lm_dir / "model.pt").stat().st_size / 2**20
+    return (f"LM `{lm_dir}`: {lm.get('n_layers')} layers x d {lm.get('d_model')} (ff x{lm.get('ff_mult')}), "
+            f"vocabulary {cfg.get('vocab_size')}, {mb:.1f} MB on disk; trained {prov.get('steps')} steps "
+            f"({prov.get('epochs')} full epochs), held-out perplexity {prov.get('valid_ppl')} per token.")
 
 
 def main() -> int:
@@ -50,6 +67,10 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ppl", default=None, help="perplexity.json of the LM (local/train_lm.sh stage 2)")
     p.add_argument("--redo", action="store_true", help="decode again even where a summary exists")
+    p.add_argument("--no-decode", action="store_true", help="table of the decodes done already; the rest left out")
+    p.add_argument("--note", default=None, help="a paragraph appended to the table (how the LM was trained)")
+    p.add_argument("--lm-only", action="store_true",
+                   help="decode the LM rows only (no table; a later run without it reuses every decode)")
     args = p.parse_args()
 
     rows = []
@@ -59,12 +80,16 @@ def main() -> int:
         n = int(n) if n else args.max_utts
         for dec in args.decoders:
             base = ["--decoder", dec, "--block-ms", args.block_ms]
-            for w in [0.0, *args.weights]:
+            for w in ([] if args.lm_only else [0.0]) + args.weights:
                 extra = base + (["--lm", args.lm, "--lm-weight", str(w)] if w else [])
                 r = _decode(data, n, f"{dec}_{args.block_ms}_lm{w:g}", args, extra)
+                if r is None:
+                    continue
                 rows.append({"set": name, "decoder": dec, "lm_weight": w, **{k: r[k] for k in (
                     "wer", "substitutions", "deletions", "insertions", "rtf", "latency_ms_p50", "latency_ms_p90",
                     "utterances", "audio_seconds")}})
+    if args.lm_only:
+        return 0
     lines = [f"# Shallow fusion of `{args.lm}` into `{Path(args.model).name}`", "",
              f"`asr decode`, {args.block_ms} ms blocks, beam 10, CTC weight 0.3, {args.threads} CPU thread(s) on a "
              "shared, loaded machine (RTF and latency are only comparable within this table). "
@@ -73,7 +98,7 @@ def main() -> int:
              "|---|---|---|---|---|---|---|---|"]
     base = {(r["set"], r["decoder"]): r["wer"] for r in rows if r["lm_weight"] == 0}
     for r in rows:
-        b = base[(r["set"], r["decoder"])]
+        b = base.get((r["set"], r["decoder"]))
         rel = f"{100 * (r['wer'] - b) / b:+.1f} %" if r["lm_weight"] and b else "-"
         lines.append(f"| {r['set']} ({r['utterances']}) | {r['decoder']} | {r['lm_weight']:g} | {r['wer']:.2f} | {rel} | "
                      f"{r['substitutions']} / {r['deletions']} / {r['insertions']} | {r['rtf']:.3f} | "
@@ -84,6 +109,11 @@ def main() -> int:
                   "log-likelihood over words + one `<eos>` per line):", "",
                   "| text | lines | tokens | perplexity / token | perplexity / word |", "|---|---|---|---|---|"]
         lines += [f"| {k} | {v['lines']} | {v['tokens']} | {v['ppl_token']} | {v['ppl_word']} |" for k, v in ppl.items()]
+    lm_cfg = _lm_summary(Path(args.lm))
+    if lm_cfg:
+        lines += ["", lm_cfg]
+    if args.note:
+        lines += ["", args.note]
     table = "\n".join(lines)
     print(table)
     (RESULTS / "lm_fusion.md").write_text(table + "\n")

@@ -203,21 +203,30 @@ def _bench_set(rows: list[dict], systems: list, threads: list[int], rtf_utts: in
     return out
 
 
-def _table(results: dict, threads: list[int], whisper: str, args: argparse.Namespace, load: tuple) -> str:
+def _write(out: Path, settings: dict, results: dict, args: argparse.Namespace) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(_table(results, settings, args) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"settings": settings, "sets": results}, indent=1) + "\n")
+
+
+def _table(results: dict, settings: dict, args: argparse.Namespace) -> str:
+    threads, whisper = settings["threads"], settings["whisper"]
     t1 = threads[0]
     rtf_cols = f"CPU RTF {t1} thr | ours/W | " + " | ".join(f"RTF {t} thr | ours/W" for t in threads)
-    lines = [f"# Whisper tiny.en beside `{Path(args.model).name}`", "",
-             f"Model `{args.model}`; {whisper}: faster-whisper, CPU, greedy (beam 1, temperature 0), no VAD, "
-             f"text normalised by `normalise_whisper` (upper case, digits spelled out). Ours: 640 ms blocks, "
+    lines = [f"# Whisper tiny.en beside `{Path(settings['model']).name}`", "",
+             f"Model `{settings['model']}`; {whisper}: faster-whisper, CPU, greedy (beam 1, temperature 0), no VAD, "
+             f"text normalised by `normalise_whisper` (upper case, digits spelled out). Ours: {settings['block_ms']} ms blocks, "
              f"left context 4 blocks, beam 10, CTC weight 0.3 (the `asr decode` defaults). WER on the first "
              f"utterances by id of each set (counts below); RTF = wall-clock compute / audio, CPU RTF = process "
-             f"CPU time / audio, on a shared 2-core machine (load average {load[0]:.1f} at the start, "
-             f"{load[1]:.1f} at the end), each utterance decoded by every system in turn. "
+             f"CPU time / audio, on a shared 2-core machine (its load average at the start and the end "
+             f"of each set below), each utterance decoded by every system in turn. "
              f"ours/W = ours / Whisper (< 1: ours is lower).", ""]
     for name, r in results.items():
         utts = ", ".join(f"{t} thr: {r['rtf_utterances'][str(t)]} utts / {r['rtf_audio_seconds'][str(t)]} s"
                          for t in threads)
-        lines += [f"## {name} ({r['utterances']} utterances, {r['audio_seconds']} s; RTF on {utts})", "",
+        load = r.get("load_average", ["?", "?"])
+        lines += [f"## {name} ({r['utterances']} utterances, {r['audio_seconds']} s; RTF on {utts}; "
+                  f"load average {load[0]} -> {load[1]})", "",
                   f"| system | WER % | ours/W | {rtf_cols} |",
                   "|---|---|---|---|---|" + "---|---|" * len(threads)]
         w = r["systems"][whisper]
@@ -245,7 +254,14 @@ def main() -> int:
     p.add_argument("--compute-type", default="int8", help="CTranslate2 compute type (int8, float32; default int8)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peer_whisper"),
                    help="writes OUT.md and OUT.json")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="no decoding: write OUT from the sets of these earlier OUT.json files")
     args = p.parse_args()
+
+    if args.merge:  # combine the sets of earlier runs (e.g. run in parallel) into one table
+        runs = [json.loads(Path(f).read_text()) for f in args.merge]
+        _write(Path(args.out), runs[0]["settings"], {k: v for r in runs for k, v in r["sets"].items()}, args)
+        return 0
 
     import torch
 
@@ -254,24 +270,20 @@ def main() -> int:
     whisper = _Whisper(args.compute_type)
     loaded = load_model_dir(args.model, "cpu")
     systems = [whisper] + [_Ours(loaded, d, args.block_ms) for d in args.decoders]
-    load0 = os.getloadavg()[0]
+    settings = {"model": args.model, "whisper": whisper.name, "whisper_path": str(whisper.path),
+                "compute_type": args.compute_type, "rtf_utts": args.rtf_utts, "threads": args.threads,
+                "block_ms": args.block_ms, "torch": torch.__version__}
     results = {}
     for spec in args.sets:
         name, _, n = spec.partition(":")
         rows = _read_set(Path(args.data) / f"{name}.jsonl", int(n) if n else args.max_utts)
         print(f"{name}: {len(rows)} utterances", file=sys.stderr, flush=True)
+        load0 = os.getloadavg()[0]
         results[name] = _bench_set(rows, systems, args.threads, args.rtf_utts)
-    load = (load0, os.getloadavg()[0])
-    table = _table(results, args.threads, whisper.name, args, load)
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(table + "\n")
-    meta = {"model": args.model, "whisper": whisper.name, "whisper_path": str(whisper.path),
-            "compute_type": args.compute_type, "max_utts": args.max_utts, "rtf_utts": args.rtf_utts,
-            "threads": args.threads, "block_ms": args.block_ms, "load_average": load,
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    out.with_suffix(".json").write_text(json.dumps({"settings": meta, "sets": results}, indent=1) + "\n")
+        results[name].update(load_average=[round(load0, 1), round(os.getloadavg()[0], 1)],
+                             date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        _write(Path(args.out), settings, results, args)  # after every set: a stopped run keeps its sets
+    print(_table(results, settings, args))
     return 0
 
 

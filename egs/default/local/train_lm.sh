@@ -89,8 +89,10 @@ if mb > max_mb:
     sys.exit(f"the LM is {mb:.1f} MB in float16 (> {max_mb} MB): left in {src}")
 dst.mkdir(parents=True, exist_ok=True)
 torch.save({k: v.half() for k, v in state.items()}, dst / "model.pt")
-for name in ("config.yaml", "tokenizer.model"):
-    shutil.copyfile(src / name, dst / name)
+shutil.copyfile(src / "tokenizer.model", dst / "tokenizer.model")
+root = Path.cwd().parents[1]  # provenance paths relative to the repository
+text = (src / "config.yaml").read_text().replace(f"{root}/", "")
+(dst / "config.yaml").write_text(text)
 print(f"wrote {dst} ({(dst / 'model.pt').stat().st_size / 2**20:.1f} MB)", file=sys.stderr)
 EOF
 }
