@@ -11,6 +11,7 @@
 # it again continues), 3 average the last checkpoints and export a float16 model directory
 # (exp/sar/model). The GPU machine runs it through device.sh; local/make_carry.py builds the
 # re-encoded corpora and prompts it reads there; local/evaluate.sh scores the result on CPU.
+# local/train_lm.sh trains the external LM for shallow fusion (conf/lm.yaml) on CPU.
 # Any variable below can be overridden with --name value.
 
 set -euo pipefail
