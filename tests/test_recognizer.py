@@ -13,7 +13,11 @@ from asr.audio import load_audio, resample
 from asr.cli.main import main as asr_main
 from asr.data import read_manifest
 from asr.models.io import load_model_dir
+from asr.encoder import block_size_from_ms
+from asr.features import Fbank
+from asr.search.ctc import ctc_greedy
 from streaming import EndpointConfig, Recognizer, RecognizerConfig
+from streaming.recognizer import FLUSH_PAD_MS
 from streaming.endpoint import Endpointer
 
 from conftest import SILENCE_LEVEL
@@ -124,6 +128,50 @@ def test_endpointing_splits_segments(loaded):
         assert [w.start for w in spoken[0].words] == [0.24, 0.36]
         assert [w.start for w in spoken[1].words] == [1.6, 1.68]
         assert finals[-1].end == 3.0  # the flush pad is not counted as audio
+
+
+def _abrupt(wave):
+    """The clip cut right after its last loud sample: no trailing silence at all."""
+    loud = (wave.abs() > 0.02).nonzero()
+    return wave[: int(loud[-1]) + 1]
+
+
+@pytest.mark.parametrize("block_ms", [320, 640])
+def test_flush_equals_full_context(loaded, rows, block_ms):
+    """The end of the stream processes every frame: for a clip that stops abruptly (after the speech,
+    or inside a word), the streaming result equals greedy CTC over the full-context forward of the
+    same audio (with the flush pad) under the same block mask, however the audio was chunked."""
+    model = loaded.model
+    cfg = RecognizerConfig(decoder="ctc", block_ms=block_ms,
+                           endpoint=EndpointConfig(trailing_blank_ms=None, max_segment_ms=None, max_silence_ms=None))
+    for row in rows[:3]:
+        wave = _abrupt(load_audio(row["audio"]))
+        for cut in (wave.numel(), int(wave.numel() * 0.8)):
+            clip = wave[:cut]
+            padded = torch.cat([clip, torch.zeros(16 * FLUSH_PAD_MS)])
+            with torch.no_grad():
+                feats, lens = Fbank(loaded.features)(padded[None], torch.tensor([padded.numel()]))
+                enc, _ = model.encoder(model.cmvn(feats), lens, block_size_from_ms(block_ms), cfg.left_blocks)
+                want = ctc_greedy(model.ctc_logp(enc[0])).tokens
+            assert want  # something to lose
+            for sizes in (iter(lambda: 1600, None), iter(lambda: 7, None), iter(lambda: cut, None)):
+                results = _run(loaded, cfg, clip, sizes)
+                assert [r.is_final for r in results].count(True) == 1
+                assert results[-1].tokens == want
+                assert results[-1].end == round(cut / 16000, 3) >= results[-1].words[-1].end
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_abrupt_end_keeps_the_last_word(loaded, rows, decoder):
+    """A clip that stops right after the speech gets the text it gets with 1 s of silence appended
+    (both runs of the same model: no fixed words)."""
+    cfg = RecognizerConfig(decoder=decoder, block_ms=320)
+    for row in rows[:3]:
+        wave = _abrupt(load_audio(row["audio"]))
+        texts = []
+        for clip in (wave, torch.cat([wave, torch.zeros(16000)])):
+            texts.append(" ".join(r.text for r in _run(loaded, cfg, clip, iter(lambda: 4000, None)) if r.is_final and r.text))
+        assert texts[0] == texts[1] and texts[0]
 
 
 def test_endpointer_rules():
