@@ -221,7 +221,14 @@ if {model!r}:
     factory = streaming.make_recognizer_factory({model!r}, "ctc", 640)
 else:
     from test_server_fake import FakeFactory
-    factory = FakeFactory()
+
+    class Factory(FakeFactory):  # the tests' fake keeps every recognizer it made; a server must not
+        def __call__(self, *args, **kwargs):
+            rec = super().__call__(*args, **kwargs)
+            self.made.clear()
+            return rec
+
+    factory = Factory()
 run_server(ServerConfig(port=0, max_sessions=64), factory, on_ready=lambda s: print(s.port, flush=True))
 """
 
@@ -249,6 +256,7 @@ def main() -> None:
     p.add_argument("--idle", type=int, default=1000)
     p.add_argument("--model", default="", help="model directory (default: the deterministic fake recognizer)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=2, help="repeat the run; RSS is sampled after each round")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fuzz_server"))
     args = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -262,29 +270,37 @@ def main() -> None:
         url = f"ws://127.0.0.1:{port}"
         warm = good_audio(5.0, 1)
         asyncio.run(astream_frames(url, [warm[i : i + 1600] for i in range(0, warm.size, 1600)]))  # warm up
-        rss_before = _rss_mb(proc.pid)
-        report = asyncio.run(run_fuzz(url, args.messages, args.idle, args.seed))
-        time.sleep(1.0)  # let the server close what the run left
+        rss = [_rss_mb(proc.pid)]
+        reports = []
+        for r in range(args.rounds):  # RSS after each round: a leak grows every round, a high-water mark once
+            reports.append(asyncio.run(run_fuzz(url, args.messages, args.idle, args.seed + r)))
+            time.sleep(1.0)  # let the server close what the run left
+            if proc.poll() is not None:
+                break
+            rss.append(_rss_mb(proc.pid))
+        report = reports[-1]
         alive = proc.poll() is None
-        rss_after = _rss_mb(proc.pid) if alive else float("nan")
         metrics = _metrics(port) if alive else {}
     finally:
         proc.terminate()
         proc.wait(30)
     internal = metrics.get('asr_errors_total{code="internal"}', 0.0)
     crashes = (0 if alive else 1) + int(internal)
+    good_all = all(r.good_unaffected for r in reports)
     server_errors = {k.split('"')[1]: int(v) for k, v in metrics.items() if k.startswith("asr_errors_total")}
     rows = [
-        ("hostile messages sent", report.messages),
-        ("hostile connections", report.connections),
-        ("handshakes refused", report.refused),
-        ("idle connections opened / closed by the server", f"{report.idle_held} / {report.idle_closed_by_server}"),
+        ("rounds", len(reports)),
+        ("hostile messages sent (per round)", " / ".join(str(r.messages) for r in reports)),
+        ("hostile connections (per round)", " / ".join(str(r.connections) for r in reports)),
+        ("handshakes refused", sum(r.refused for r in reports)),
+        ("idle connections opened / closed by the server (per round)",
+         " ; ".join(f"{r.idle_held} / {r.idle_closed_by_server}" for r in reports)),
         ("crashes (server died or internal errors)", crashes),
-        ("good session text unaffected", report.good_unaffected),
-        ("server RSS before / after (MB)", f"{rss_before:.1f} / {rss_after:.1f}"),
-        ("wall time (s)", report.wall_s),
+        ("good session text unaffected (per round)", " / ".join(str(r.good_unaffected) for r in reports)),
+        ("server RSS before, after each round (MB)", " / ".join(f"{x:.1f}" for x in rss)),
+        ("wall time per round (s)", " / ".join(str(r.wall_s) for r in reports)),
     ]
-    lines = ["# fuzz_server", "", f"`python benchmarks/fuzz_server.py --messages {args.messages} --idle {args.idle}"
+    lines = ["# fuzz_server", "", f"`python benchmarks/fuzz_server.py --messages {args.messages} --idle {args.idle} --rounds {args.rounds}"
              f"{' --model ' + args.model if args.model else ''}` (model: {args.model or 'fake recognizer'})", "",
              "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
              "Error codes the server counted (`/metrics`): " + ", ".join(f"{k} {v}" for k, v in sorted(server_errors.items())),
@@ -294,8 +310,9 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".md").write_text(text)
     Path(args.out + ".json").write_text(json.dumps({
-        **asdict(report), "good_unaffected": report.good_unaffected, "crashes": crashes, "rss_before_mb": rss_before,
-        "rss_after_mb": rss_after, "server_errors": server_errors}, indent=1))
+        "rounds": [{**asdict(r), "good_unaffected": r.good_unaffected} for r in reports], "crashes": crashes,
+        "good_unaffected": good_all,
+        "rss_mb": rss, "server_errors": server_errors}, indent=1))
 
 
 if __name__ == "__main__":
