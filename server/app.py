@@ -139,8 +139,8 @@ class AsrServer:
             await asyncio.wait_for(self._ws.wait_closed(), self.config.drain_timeout_s)
         except asyncio.TimeoutError:
             log.warning("drain timed out after %g s; closing the remaining sessions", self.config.drain_timeout_s)
-            for conn in list(self._ws.connections):
-                await conn.close(1001, "server shutting down")
+            for conn in list(self._ws.connections):  # the client sees the cut: close 1001, this reason
+                await conn.close(1001, "server shutting down: drain timed out before the final result")
             try:  # a handler stuck in the model cannot be waited for forever
                 await asyncio.wait_for(self._ws.wait_closed(), 5.0)
             except asyncio.TimeoutError:

@@ -107,7 +107,8 @@ class Session:
         if self._drain_task in done:
             return None
         if self._start_deadline in done and not self.started:
-            raise ProtocolError("start_timeout", f"no stream started within {self.ctx.config.start_timeout_s:g} s of connecting")
+            limit = self.ctx.config.start_timeout_s
+            raise ProtocolError("start_timeout", f"no stream started within {limit:g} s of connecting")
         raise ProtocolError("idle_timeout", f"no message for {self.ctx.config.idle_timeout_s:g} s")
 
     def _take_slot(self) -> None:
