@@ -197,7 +197,7 @@ async def running(factory: Any = None, clock: FakeClock | None = None, **overrid
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout=60))
+    return asyncio.run(asyncio.wait_for(coro, timeout=300))  # a hang guard, not a time limit: generous under load
 
 
 # -- tests of the fake itself ------------------------------------------------------------------

@@ -38,7 +38,7 @@ async def _exchange(url: str, messages: list[str | bytes], **connect_kw) -> tupl
         return replies, ws.close_code
 
 
-async def _until(condition, timeout: float = 20.0, blocking: bool = False) -> None:
+async def _until(condition, timeout: float = 120.0, blocking: bool = False) -> None:
     """Poll `condition` (no timing assertion: the timeout only guards against a hang)."""
     for _ in range(int(timeout / 0.02)):
         if await asyncio.to_thread(condition) if blocking else condition():
