@@ -84,8 +84,14 @@ def main() -> None:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
                 metrics = r.read().decode()
         finally:
-            proc.terminate()
-            proc.wait(30)
+            proc.terminate()  # SIGTERM: the server drains and exits
+            stopping = time.monotonic()
+            try:
+                exit_status = proc.wait(300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                exit_status = "killed after 300 s"
+            exit_s = time.monotonic() - stopping
     messages = [json.loads(line) for line in client.stdout.splitlines() if line.startswith("{")]
     done = [m for m in messages if m.get("type") == "done"]
     acks = sum(m.get("type") == "ack" for m in messages)
@@ -102,6 +108,7 @@ def main() -> None:
         ("server RSS before / after (MB)", f"{rss_before:.1f} / {rss_after:.1f}"),
         ("server error counters", ", ".join(errors) or "none"),
         ("client stderr", client.stderr.strip().replace("\n", " ")[:200] or "empty"),
+        ("server exit status after SIGTERM (time to exit, s)", f"{exit_status} ({exit_s:.1f})"),
     ]
     text = "\n".join(["# stream_long", "", f"`python benchmarks/stream_long.py --minutes {args.minutes:g}"
                       f"{' --model ' + args.model if args.model else ''}`", "", "| | |", "|---|---|",
