@@ -12,13 +12,13 @@ import torch
 from asr.audio import load_audio, resample
 from asr.cli.main import main as asr_main
 from asr.data import read_manifest
-from asr.models.io import load_model_dir
 from asr.encoder import block_size_from_ms
 from asr.features import Fbank
+from asr.models.io import load_model_dir
 from asr.search.ctc import ctc_greedy
 from streaming import EndpointConfig, Recognizer, RecognizerConfig
-from streaming.recognizer import FLUSH_PAD_MS
 from streaming.endpoint import Endpointer
+from streaming.recognizer import FLUSH_PAD_MS
 
 from conftest import SILENCE_LEVEL
 
