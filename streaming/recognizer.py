@@ -146,7 +146,7 @@ class Recognizer:
         commit every tentative token; the last result is always a final. Times stay inside the audio."""
         if self.finished:
             return []
-        audio_s = self.samples / _SAMPLE_RATE
+        audio_s = round(self.samples / _SAMPLE_RATE, 3)
         pad = self.fbank.accept(torch.zeros(_SAMPLE_RATE * FLUSH_PAD_MS // 1000, device=self.device))
         results = self._feed(pad, final=True)
         results.append(self._end_segment(always=True))
