@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosed
 
 from . import native, vosk, wenet
 from .config import SAMPLE_RATE, ServerConfig
@@ -69,7 +70,9 @@ _ROUTES: dict[str, Handler] = {"/": _autodetect, "/asr": native.handle, "/vosk":
 class AsrServer:
     """A running server. Use `serve()` rather than building one by hand."""
 
-    def __init__(self, config: ServerConfig, factory: RecognizerFactory) -> None:
+    def __init__(
+        self, config: ServerConfig, factory: RecognizerFactory, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
         self.config = config
         self.metrics = Metrics()
         self.scheduler = Scheduler(
@@ -79,7 +82,7 @@ class AsrServer:
             max_pending_samples=int(config.max_pending_s * SAMPLE_RATE),
             on_latency=self.metrics.partial_latency.observe,
         )
-        self.ctx = Context(config=config, scheduler=self.scheduler, metrics=self.metrics)
+        self.ctx = Context(config=config, scheduler=self.scheduler, metrics=self.metrics, sleep=sleep)
         self._ws: Server | None = None
 
     @property
@@ -113,21 +116,18 @@ class AsrServer:
         log.info("listening on %s", self.url)
 
     async def _handle(self, ws: ServerConnection) -> None:
-        if self.metrics.sessions >= self.config.max_sessions:  # raced past the handshake check
-            self.metrics.error("server_busy")
-            await ws.close(1013, "too many sessions")
-            return
-        self.metrics.session_opened()
-        session = Session(ws, self.ctx)
+        session = Session(ws, self.ctx)  # waits (no session slot) until the protocol starts a stream
         try:
             await _ROUTES[urlsplit(ws.request.path).path](session)
+        except ConnectionClosed:
+            pass  # the client went away before the protocol handler took over
         except Exception:  # noqa: BLE001 - a bug must not take the other sessions down
             log.exception("session %s failed", ws.id)
             self.metrics.error("internal")
             session.release()
             await session.close(1011, "internal error")
         finally:
-            self.metrics.session_closed()
+            session.release()
 
     async def shutdown(self) -> None:
         """Drain: refuse new sessions, give each open one its final result, then stop."""
@@ -139,8 +139,8 @@ class AsrServer:
             await asyncio.wait_for(self._ws.wait_closed(), self.config.drain_timeout_s)
         except asyncio.TimeoutError:
             log.warning("drain timed out after %g s; closing the remaining sessions", self.config.drain_timeout_s)
-            for conn in list(self._ws.connections):
-                await conn.close(1001, "server shutting down")
+            for conn in list(self._ws.connections):  # the client sees the cut: close 1001, this reason
+                await conn.close(1001, "server shutting down: drain timed out before the final result")
             try:  # a handler stuck in the model cannot be waited for forever
                 await asyncio.wait_for(self._ws.wait_closed(), 5.0)
             except asyncio.TimeoutError:
@@ -150,9 +150,13 @@ class AsrServer:
 
 
 @contextlib.asynccontextmanager
-async def serve(config: ServerConfig, factory: RecognizerFactory) -> AsyncIterator[AsrServer]:
-    """Start a server for the duration of the `async with` block; leaving it drains."""
-    server = AsrServer(config, factory)
+async def serve(
+    config: ServerConfig, factory: RecognizerFactory, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> AsyncIterator[AsrServer]:
+    """Start a server for the duration of the `async with` block; leaving it drains.
+
+    `sleep` times the start deadline and the idle timeout (tests pass a fake clock)."""
+    server = AsrServer(config, factory, sleep)
     await server.start()
     try:
         yield server

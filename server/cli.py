@@ -175,22 +175,27 @@ def stream_main(argv: Sequence[str] | None = None) -> int:
         parser.error("give an audio file or --mic (not both)")
     if args.chunk_ms <= 0:
         parser.error("--chunk-ms must be positive")
-    from .client import ClientError, stream_file, stream_microphone
+    from .client import ClientError, shortfall, stream_file, stream_microphone
 
     start = {k: v for k, v in (("decoder", args.decoder), ("block_ms", args.block_ms)) if v is not None}
     kwargs = dict(start=start, token=_token(args), on_message=_printer(args.json), insecure=args.insecure)
     try:
         if args.mic:
-            stream_microphone(args.url, args.chunk_ms, **kwargs)
+            transcript = stream_microphone(args.url, args.chunk_ms, **kwargs)
         else:
-            stream_file(args.url, args.audio, args.chunk_ms, args.realtime, **kwargs)
+            transcript = stream_file(args.url, args.audio, args.chunk_ms, args.realtime, **kwargs)
     except ClientError as exc:
         print(f"asr stream: {exc}", file=sys.stderr)
+        if (warning := shortfall(exc.transcript)) is not None:
+            print(f"asr stream: warning: {warning}", file=sys.stderr)
         return 1
     except OSError as exc:  # connection refused, DNS, TLS
         print(f"asr stream: cannot connect to {args.url}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # websockets.InvalidStatus (401/403/503), InvalidURI, ...
         print(f"asr stream: {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if (warning := shortfall(transcript)) is not None:  # the server cut the stream short
+        print(f"asr stream: warning: {warning}", file=sys.stderr)
         return 1
     return 0

@@ -7,6 +7,12 @@ the microphone, collect partials and finals, and measure latency.
 Latency of a result = time it arrived - time the client sent the frame holding the last sample the
 server had processed when it produced the result (`audio_s` in the message): queueing, model and
 network time, without the block the recognizer waits for by design.
+
+Flow control: the client keeps at most `max_ahead_s` of audio beyond what the server reported as
+processed (`audio_s` of partials, finals and acks) in flight, so a file sent at full speed never
+fills the server's buffer: the server keeps reading, and keepalive pings are never queued behind
+unread audio. A stream the server ended early (drain on SIGTERM, a limit) is reported: the
+transcript's `cut` names the reason and `shortfall()` says how much audio was not transcribed.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 __all__ = [
     "ClientError",
     "Transcript",
+    "shortfall",
     "read_pcm16",
     "astream_frames",
     "astream_file",
@@ -37,16 +44,20 @@ __all__ = [
 ]
 
 SAMPLE_RATE = 16000
+ACK_EVERY_S = 1.0  # as server.native.ACK_EVERY_S (the client does not import the server)
 OnMessage = Callable[[dict[str, Any]], None]
-
-
-class ClientError(Exception):
-    """The server refused the stream or sent an error; the message says why."""
 
 
 @dataclass
 class Transcript:
-    """Everything the server said about one stream."""
+    """Everything the server said about one stream.
+
+    Args:
+        audio_s: seconds of audio sent. input_s: seconds the client had to send (None: unknown,
+            e.g. the microphone). processed_s: seconds the server reported as processed.
+        cut: why the server ended the stream before the client's `end` (`shutting_down`, or the
+            code of the error that ended it), None when the client ended it.
+    """
 
     finals: list[dict[str, Any]] = field(default_factory=list)
     num_partials: int = 0
@@ -54,10 +65,35 @@ class Transcript:
     audio_s: float = 0.0
     wall_s: float = 0.0
     final_lag_s: float | None = None  # from sending "end" to receiving "done"
+    input_s: float | None = None
+    processed_s: float = 0.0
+    cut: str | None = None
 
     @property
     def text(self) -> str:
         return " ".join(f["text"] for f in self.finals if f["text"])
+
+
+class ClientError(Exception):
+    """The server refused the stream or sent an error; the message says why. `transcript` holds
+    what was received before (None when the stream never started)."""
+
+    def __init__(self, message: str, transcript: Transcript | None = None) -> None:
+        super().__init__(message)
+        self.transcript = transcript
+
+
+def shortfall(transcript: Transcript | None) -> str | None:
+    """A warning when not all audio was transcribed, e.g. "the server ended the stream early
+    (shutting_down): 25.0 s of 1200.0 s transcribed, 1175.0 s not"; None when all of it was."""
+    if transcript is None:
+        return None
+    total = transcript.input_s if transcript.input_s is not None else transcript.audio_s
+    done = min(transcript.processed_s, total)
+    if transcript.cut is None and done >= total - 0.0015:  # audio_s is rounded to 1 ms
+        return None
+    why = f"the server ended the stream early ({transcript.cut})" if transcript.cut else "the stream ended early"
+    return f"{why}: {done:.1f} s of {total:.1f} s transcribed, {total - done:.1f} s not"
 
 
 def _asr_url(url: str) -> str:
@@ -99,12 +135,15 @@ async def _stream(
     token: str | None,
     on_message: OnMessage | None,
     insecure: bool,
+    max_ahead_s: float | None = 5.0,
+    input_s: float | None = None,
 ) -> Transcript:
-    transcript = Transcript()
+    transcript = Transcript(input_s=input_s)
     sent_ends: list[int] = []  # cumulative samples after each frame
     sent_times: list[float] = []
     headers = {"Authorization": f"Bearer {token}"} if token else None
     began = time.monotonic()
+    progress = asyncio.Event()  # set whenever the server reports more processed audio
     async with connect(
         _asr_url(url), additional_headers=headers, ssl=_ssl_for(url, insecure), compression=None, max_size=None
     ) as ws:
@@ -119,6 +158,9 @@ async def _stream(
                 kind = msg.get("type")
                 if on_message is not None:
                     on_message(msg)
+                if isinstance(msg.get("audio_s"), (int, float)) and msg["audio_s"] > transcript.processed_s:
+                    transcript.processed_s = float(msg["audio_s"])
+                    progress.set()
                 if kind in ("partial", "final") and sent_ends:
                     i = min(bisect.bisect_left(sent_ends, round(msg.get("audio_s", 0.0) * SAMPLE_RATE)), len(sent_ends) - 1)
                     transcript.latencies_s.append(time.monotonic() - sent_times[i])
@@ -127,12 +169,27 @@ async def _stream(
                 elif kind == "final":
                     transcript.finals.append(msg)
                 elif kind == "error":
-                    raise ClientError(f"server error {msg.get('code')}: {msg.get('message')}")
+                    transcript.cut = str(msg.get("code"))
+                    raise ClientError(f"server error {msg.get('code')}: {msg.get('message')}", transcript)
                 elif kind == "done":
                     if end_sent_at is not None:
                         transcript.final_lag_s = time.monotonic() - end_sent_at
+                    if msg.get("reason"):
+                        transcript.cut = str(msg["reason"])
                     return
-            raise ClientError("connection closed before the final result")
+            raise ClientError("connection closed before the final result", transcript)
+
+        async def room(total: int) -> None:
+            """Wait until at most `max_ahead_s` of the audio sent is not yet processed."""
+            while (
+                max_ahead_s is not None
+                and not receiver.done()
+                and total / SAMPLE_RATE - transcript.processed_s > max_ahead_s
+            ):
+                progress.clear()
+                waiter = asyncio.ensure_future(progress.wait())
+                await asyncio.wait({waiter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
 
         end_sent_at: float | None = None
         receiver = asyncio.create_task(receive())
@@ -140,6 +197,7 @@ async def _stream(
         try:
             try:
                 async for frame in frames:
+                    await room(total)
                     if receiver.done():
                         break
                     await ws.send(frame.astype("<i2").tobytes())
@@ -149,12 +207,15 @@ async def _stream(
                 if not receiver.done():
                     end_sent_at = time.monotonic()
                     await ws.send(json.dumps({"type": "end"}))
-            except ConnectionClosed:
-                pass  # the receiver reports why
+            except (ConnectionClosed, AttributeError):
+                # the receiver reports why; AttributeError: asyncio's transport.abort() on a connection
+                # already lost (websockets' send after a keepalive timeout), i.e. the same thing
+                pass
+            transcript.audio_s = total / SAMPLE_RATE
             try:
                 await receiver
             except ConnectionClosed as exc:
-                raise ClientError(f"connection lost before the final result ({exc})") from None
+                raise ClientError(f"connection lost before the final result ({exc})", transcript) from None
         finally:
             receiver.cancel()
     transcript.audio_s = total / SAMPLE_RATE
@@ -182,6 +243,7 @@ async def astream_frames(
     token: str | None = None,
     on_message: OnMessage | None = None,
     insecure: bool = False,
+    max_ahead_s: float | None = 5.0,
 ) -> Transcript:
     """Stream int16 frames of any sizes (each (n,) int16 16 kHz) over the native protocol.
 
@@ -192,11 +254,18 @@ async def astream_frames(
         token: bearer token, when the server needs one.
         on_message: called with every server message (dict), e.g. to print partials.
         insecure: accept a self-signed TLS certificate.
+        max_ahead_s: most seconds of audio sent but not yet processed by the server (flow control;
+            keep it below the server's `max_pending_s`, 10 s by default); None: no limit.
     Raises:
-        ClientError: the server refused the stream or reported an error.
+        ClientError: the server refused the stream or reported an error (`.transcript`: what came
+            before it).
     """
+    if max_ahead_s is not None and max_ahead_s < 2 * ACK_EVERY_S:
+        raise ValueError(f"max_ahead_s must be >= {2 * ACK_EVERY_S:g} s (the server acknowledges every {ACK_EVERY_S:g} s)")
+    input_s = sum(f.size for f in frames) / SAMPLE_RATE if isinstance(frames, (list, tuple)) else None
     return await _stream(
-        url, _paced(frames, realtime), start=start, token=token, on_message=on_message, insecure=insecure
+        url, _paced(frames, realtime), start=start, token=token, on_message=on_message, insecure=insecure,
+        max_ahead_s=max_ahead_s, input_s=input_s,
     )
 
 

@@ -19,7 +19,13 @@ class ServerConfig:
         model_name: shown by `/healthz`.
         decoder: default decoder name, shown by `/healthz` and used when a client names none.
         block_ms: default block size in ms, shown by `/healthz`.
-        max_sessions: open WebSocket sessions at most; more are refused with HTTP 503.
+        max_sessions: started streams at most (a connection takes a slot when it starts its stream,
+            not when it connects); a handshake while all are taken gets HTTP 503, a start `server_busy`.
+        start_timeout_s: a connection must start its stream (native `start`, WeNet start signal,
+            Vosk audio or eof) this many seconds after connecting, or it is closed (`start_timeout`).
+        max_waiting: connections that have not started a stream, in all; beyond it the oldest one
+            is closed (`too_many_waiting`), so idle connections can never lock out a real client.
+        max_waiting_per_address: the same limit per client IP address.
         max_frame_bytes: largest binary audio frame (bytes) a client may send; a larger one is
             an error. 64 KiB is 2 s of 16 kHz int16 audio.
         idle_timeout_s: a session that sends nothing for this long is finalized and closed.
@@ -43,6 +49,9 @@ class ServerConfig:
     decoder: str = ""
     block_ms: int | None = None
     max_sessions: int = 64
+    start_timeout_s: float = 5.0
+    max_waiting: int = 1024
+    max_waiting_per_address: int = 64
     max_frame_bytes: int = 65536
     idle_timeout_s: float = 30.0
     max_session_s: float | None = 6 * 3600.0
@@ -58,10 +67,10 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("TLS needs both certfile and keyfile (got only one)")
-        for name in ("max_sessions", "max_frame_bytes", "max_batch"):
+        for name in ("max_sessions", "max_frame_bytes", "max_batch", "max_waiting", "max_waiting_per_address"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("idle_timeout_s", "max_chunk_s", "max_pending_s", "drain_timeout_s"):
+        for name in ("idle_timeout_s", "start_timeout_s", "max_chunk_s", "max_pending_s", "drain_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ServerConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.max_session_s is not None and self.max_session_s <= 0:

@@ -38,6 +38,7 @@ def healthz(ctx: Context) -> dict[str, object]:
         "block_ms": ctx.config.block_ms,
         "uptime_s": round(time.monotonic() - ctx.started_at, 3),
         "sessions": ctx.metrics.sessions,
+        "waiting": ctx.metrics.waiting,
         "max_sessions": ctx.config.max_sessions,
     }
 

@@ -39,6 +39,8 @@ ERROR_CLOSE_CODES = {
     "bad_audio": 1003,
     "frame_too_large": 1009,
     "idle_timeout": 1008,
+    "start_timeout": 1008,
+    "too_many_waiting": 1013,
     "session_too_long": 1008,
     "server_busy": 1013,
     "shutting_down": 1001,

@@ -43,7 +43,8 @@ class Metrics:
     """The server's counters. `render()` returns the `/metrics` body."""
 
     def __init__(self) -> None:
-        self.sessions = 0  # gauge: open WebSocket sessions
+        self.sessions = 0  # gauge: started streams (each holds a session slot)
+        self.waiting = 0  # gauge: connections that have not started a stream
         self.sessions_total = 0
         self.audio_seconds = 0.0
         self.partial_latency = Histogram()
@@ -64,9 +65,12 @@ class Metrics:
 
     def render(self) -> str:
         lines = [
-            "# HELP asr_sessions Open streaming sessions.",
+            "# HELP asr_sessions Started streaming sessions (each holds a session slot).",
             "# TYPE asr_sessions gauge",
             f"asr_sessions {self.sessions}",
+            "# HELP asr_connections_waiting Connections that have not started a stream yet.",
+            "# TYPE asr_connections_waiting gauge",
+            f"asr_connections_waiting {self.waiting}",
             "# HELP asr_sessions_total Streaming sessions opened since start.",
             "# TYPE asr_sessions_total counter",
             f"asr_sessions_total {self.sessions_total}",

@@ -7,7 +7,13 @@ server -> {"type":"ready"}, {"type":"partial","segment":n,"text":...},
           {"type":"error","code":...,"message":...}; after "end": the last final, then {"type":"done"}.
 
 Partials and finals also carry `audio_s`: the seconds of audio the server had processed when it
-produced them (clients use it to measure latency). An error is followed by a close.
+produced them (clients use it to measure latency). When no partial or final reported it, the
+server sends `{"type":"ack","audio_s":...}` once per `ACK_EVERY_S` of processed audio, so that a
+client can keep at most a few seconds of audio in flight (flow control: the server never has to
+stop reading, so keepalive pings are answered at once). `done` carries `audio_s`, and `reason`
+when the server ended the stream before the client's `end` (`shutting_down`: SIGTERM drain); an
+error after which the text so far is kept (`idle_timeout`, `session_too_long`) comes after the
+last final and carries `audio_s` too. An error is followed by a close.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
+from .config import SAMPLE_RATE
 from .limits import ProtocolError, check_sample_rate, parse_json_object
 from .recognizer import Result, result_words
 from .scheduler import Delivery, Stream
 from .session import Session
 
-__all__ = ["StartOptions", "parse_start", "result_message", "handle"]
+__all__ = ["ACK_EVERY_S", "StartOptions", "parse_start", "result_message", "handle"]
+
+ACK_EVERY_S = 1.0  # processed audio between two progress messages when no result reported it
 
 _START_KEYS = {"type", "sample_rate", "format", "decoder", "block_ms", "nbest", "timestamps"}
 _END_OF_OUTBOX = Delivery([], 0.0)  # put by the handler after the last real delivery
@@ -79,13 +88,18 @@ async def _send(session: Session, obj: dict[str, Any]) -> None:
 
 
 async def _pump(session: Session, stream: Stream, opts: StartOptions) -> None:
-    """Send the stream's results as they come; a recognizer failure ends the session."""
+    """Send the stream's results (and acks) as they come; a recognizer failure ends the session."""
+    reported_s = 0.0  # audio_s of the last message sent
     while True:
         delivery = await stream.outbox.get()
         if delivery is _END_OF_OUTBOX:
             return
         for result in delivery.results:
             await _send(session, result_message(result, delivery.audio_s, opts.timestamps))
+            reported_s = delivery.audio_s
+        if delivery.audio_s - reported_s >= ACK_EVERY_S and delivery.error is None:
+            await _send(session, {"type": "ack", "audio_s": round(delivery.audio_s, 3)})
+            reported_s = delivery.audio_s
         if delivery.error is not None:
             session.record_error("internal", repr(delivery.error))
             await _send(session, {"type": "error", "code": "internal", "message": "recognizer failed"})
@@ -93,10 +107,18 @@ async def _pump(session: Session, stream: Stream, opts: StartOptions) -> None:
             return
 
 
+def _audio_s(session: Session) -> float:
+    """Seconds of audio the stream has processed (all of it once finalized)."""
+    return round(session.stream.processed_samples / SAMPLE_RATE, 3) if session.stream is not None else 0.0
+
+
 async def _send_error(session: Session, error: ProtocolError) -> None:
     session.record_error(error.code, error.message)
+    message: dict[str, Any] = {"type": "error", "code": error.code, "message": error.message}
+    if session.stream is not None:
+        message["audio_s"] = _audio_s(session)
     try:
-        await _send(session, {"type": "error", "code": error.code, "message": error.message})
+        await _send(session, message)
     except ConnectionClosed:
         return
     await session.close(error.close_code, error.message)
@@ -142,7 +164,10 @@ async def handle(session: Session) -> None:
             raise ProtocolError("unknown_type", f"unknown message type {kind!r} (expected binary audio or \"end\")")
         if not pump.done():
             await finish()
-            await _send(session, {"type": "done"})
+            done: dict[str, Any] = {"type": "done", "audio_s": _audio_s(session)}
+            if message is None:  # the drain ended the stream, not the client: it was cut short
+                done["reason"] = "shutting_down"
+            await _send(session, done)
             if session.draining:
                 await session.close(1001, "server shutting down")
     except ProtocolError as error:

@@ -262,7 +262,7 @@ class Scheduler:
         if not stream.closed:
             if results and since is not None and self.on_latency is not None:
                 self.on_latency(now - since)
-            if results or error is not None:
+            if results or error is not None or w.samples is not None:  # also progress (acks)
                 stream.outbox.put_nowait(Delivery(results, stream.processed_samples / SAMPLE_RATE, error))
         self._settle(stream)
 

@@ -1,4 +1,5 @@
-"""What every protocol handler shares: receiving with idle timeout and drain, audio limits, streams."""
+"""What every protocol handler shares: receiving with start deadline, idle timeout and drain,
+session slots, audio limits, streams."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 from websockets.asyncio.server import ServerConnection
 
+from .admission import Admission
 from .config import SAMPLE_RATE, ServerConfig
 from .limits import ProtocolError, decode_pcm
 from .metrics import Metrics
@@ -23,13 +26,24 @@ Message = str | bytes
 
 @dataclass(eq=False)
 class Context:
-    """Server-wide state handed to every session."""
+    """Server-wide state handed to every session.
+
+    `sleep` is what the start deadline and the idle timeout wait with (`asyncio.sleep`; tests give
+    a fake clock so that timeouts fire when the test says, not after real seconds).
+    """
 
     config: ServerConfig
     scheduler: Scheduler
     metrics: Metrics
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
+    admission: Admission | None = None
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def __post_init__(self) -> None:
+        if self.admission is None:
+            c = self.config
+            self.admission = Admission(c.max_sessions, c.max_waiting, c.max_waiting_per_address)
 
 
 class Session:
@@ -44,8 +58,15 @@ class Session:
         self.ctx = ctx
         self.stream: Stream | None = None
         self.num_samples = 0
+        self.started = False  # holds a session slot (from its start until release)
+        self.address = _address(ws)
         self._unread: list[Message] = []
         self._drain_task: asyncio.Task[bool] | None = None
+        self._released = False
+        self._start_deadline: asyncio.Future[None] = asyncio.ensure_future(ctx.sleep(ctx.config.start_timeout_s))
+        assert ctx.admission is not None
+        ctx.admission.arrive(self)
+        ctx.metrics.waiting = ctx.admission.waiting
 
     @property
     def draining(self) -> bool:
@@ -59,7 +80,8 @@ class Session:
         """Next message, None when the server is draining.
 
         Raises:
-            ProtocolError: `idle_timeout` after `idle_timeout_s` without a message.
+            ProtocolError: `start_timeout` when the stream has not started `start_timeout_s` after
+                connecting; `idle_timeout` after `idle_timeout_s` without a message.
             websockets.ConnectionClosed: the client went away.
         """
         if self._unread:
@@ -69,9 +91,12 @@ class Session:
         if self._drain_task is None:
             self._drain_task = asyncio.ensure_future(self.ctx.draining.wait())
         recv = asyncio.ensure_future(self.ws.recv())
-        done, _ = await asyncio.wait(
-            {recv, self._drain_task}, timeout=self.ctx.config.idle_timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
+        idle = asyncio.ensure_future(self.ctx.sleep(self.ctx.config.idle_timeout_s))
+        waits = {recv, self._drain_task, idle} | (set() if self.started else {self._start_deadline})
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
         if recv in done:
             return recv.result()
         recv.cancel()  # safe in websockets: a message is never half-consumed
@@ -81,9 +106,29 @@ class Session:
             pass
         if self._drain_task in done:
             return None
+        if self._start_deadline in done and not self.started:
+            limit = self.ctx.config.start_timeout_s
+            raise ProtocolError("start_timeout", f"no stream started within {limit:g} s of connecting")
         raise ProtocolError("idle_timeout", f"no message for {self.ctx.config.idle_timeout_s:g} s")
 
+    def _take_slot(self) -> None:
+        """The stream starts: leave the waiting connections, take a session slot (or `server_busy`)."""
+        if self.started:
+            return
+        assert self.ctx.admission is not None
+        self.ctx.admission.start(self)
+        self.started = True
+        self._start_deadline.cancel()
+        self.ctx.metrics.session_opened()
+        self.ctx.metrics.waiting = self.ctx.admission.waiting
+
+    def evict(self) -> None:
+        """Close this waiting connection to make room for newer ones (called by `Admission`)."""
+        self.record_error("too_many_waiting", "closed: too many connections waiting to start a stream")
+        asyncio.ensure_future(self.close(1013, "too many connections waiting to start a stream; try again"))
+
     async def open_stream(self, decoder: str | None, block_ms: int | None) -> Stream:
+        self._take_slot()
         try:
             self.stream = await self.ctx.scheduler.open(decoder=decoder, block_ms=block_ms)
         except ValueError as exc:
@@ -130,8 +175,26 @@ class Session:
             pass
 
     def release(self) -> None:
-        """Called once when the handler exits, whatever happened."""
+        """Called when the handler exits, whatever happened (again: no effect)."""
+        if self._released:
+            return
+        self._released = True
+        self._start_deadline.cancel()
         if self._drain_task is not None:
             self._drain_task.cancel()
         if self.stream is not None:
             self.ctx.scheduler.close(self.stream)
+        assert self.ctx.admission is not None
+        self.ctx.admission.leave(self, self.started)
+        if self.started:
+            self.ctx.metrics.session_closed()
+        self.ctx.metrics.waiting = self.ctx.admission.waiting
+
+
+def _address(ws: ServerConnection) -> str:
+    """The client's IP address (the per-address limit's key)."""
+    try:
+        peer = ws.remote_address
+    except Exception:  # noqa: BLE001 - a transport without a peer name
+        return "?"
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)

@@ -11,6 +11,7 @@ decision are computed on the same frames whatever the chunk sizes.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,9 +25,18 @@ from asr.models.io import LoadedModel
 from asr.models.lm import TransformerLM
 from streaming.endpoint import EndpointConfig, Endpointer
 
-__all__ = ["DECODERS", "RecognizerConfig", "Result", "Recognizer", "process_batch"]
+__all__ = ["DECODERS", "FLUSH_PAD_MS", "RecognizerConfig", "Result", "Recognizer", "process_batch"]
 
 DECODERS = ("ctc", "sar", "bsbs", "offline")
+
+# Digital silence appended at the end of the stream (finalize). Without it the last ~100-300 ms of
+# speech never reach an encoder frame in which the model can emit them: the fbank drops the last
+# partial 25 ms window, the subsampling the last < 7 feature frames (its receptive field), and a
+# CTC model spikes a token some frames after its sound. A clip that stopped right after the
+# speech lost its last word ("OVER LOND" for "OVER LONDON", models/default); 400 ms gave the same
+# text as 1 s of appended silence on every flite clip we tried, 80-300 ms not always.
+FLUSH_PAD_MS = 400
+_SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,7 @@ class Recognizer:
         self.feat_frames = 0
         self.last_partial = ""
         self.finished = False
+        self.samples = 0  # audio samples accepted (the stream's real length, without the flush pad)
         self.decoder = self._new_decoder()
 
     def _new_decoder(self):
@@ -131,19 +142,23 @@ class Recognizer:
         return self._feed(self._features(samples), final=False)
 
     def finalize(self) -> list[Result]:
-        """Flush the last partial block and end the stream; the last result is always a final."""
+        """End the stream: append :data:`FLUSH_PAD_MS` of silence, flush the last partial block and
+        commit every tentative token; the last result is always a final. Times stay inside the audio."""
         if self.finished:
             return []
-        results = self._feed(torch.zeros(0, self.loaded.features.num_mel_bins, device=self.device), final=True)
+        audio_s = round(self.samples / _SAMPLE_RATE, 3)
+        pad = self.fbank.accept(torch.zeros(_SAMPLE_RATE * FLUSH_PAD_MS // 1000, device=self.device))
+        results = self._feed(pad, final=True)
         results.append(self._end_segment(always=True))
         self.finished = True
-        return results
+        return [_clip_times(r, audio_s) for r in results]
 
     # ------------------------------------------------------------------ internals
     def _features(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
         if self.finished:
             raise RuntimeError("accept_waveform after finalize: create a new Recognizer per stream")
         x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten()
+        self.samples += x.numel()
         return self.fbank.accept(x)
 
     def _encoder_input(self, feats: torch.Tensor) -> torch.Tensor:
@@ -212,6 +227,14 @@ class Recognizer:
             return None  # a silent segment: nothing to report
         self.segment += 1
         return result
+
+
+def _clip_times(result: Result, audio_s: float) -> Result:
+    """``result`` with its times limited to the stream's audio (tokens may spike in the flush pad)."""
+    if result.end <= audio_s:
+        return result
+    words = [Word(w.word, min(w.start, audio_s), min(w.end, audio_s)) for w in result.words]
+    return dataclasses.replace(result, words=words, start=min(result.start, audio_s), end=audio_s)
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """Streaming recognition with a real (tiny, overfitted) model: every decoder, chunking invariance,
 timestamps, endpointing, and the transcribe / decode commands."""
 
+import dataclasses
 import json
 import random
 
@@ -11,9 +12,13 @@ import torch
 from asr.audio import load_audio, resample
 from asr.cli.main import main as asr_main
 from asr.data import read_manifest
+from asr.encoder import block_size_from_ms
+from asr.features import Fbank
 from asr.models.io import load_model_dir
+from asr.search.ctc import ctc_greedy
 from streaming import EndpointConfig, Recognizer, RecognizerConfig
 from streaming.endpoint import Endpointer
+from streaming.recognizer import FLUSH_PAD_MS
 
 from conftest import SILENCE_LEVEL
 
@@ -80,17 +85,93 @@ def test_word_timestamps_are_ordered_and_inside_audio(loaded, rows):
     assert times == sorted(times) and times[-1] <= wave.numel() / 16000 + 0.1
 
 
-def test_endpointing_splits_segments(loaded, rows):
-    silence = SILENCE_LEVEL * torch.randn(16000 * 2, generator=torch.Generator().manual_seed(0))
-    a, b = load_audio(rows[0]["audio"]), load_audio(rows[1]["audio"])
-    wave = torch.cat([a, silence, b, silence])
-    cfg = RecognizerConfig(decoder="sar", block_ms=320, endpoint=EndpointConfig(trailing_blank_ms=800))
-    finals = [r for r in _run(loaded, cfg, wave, iter(lambda: 3200, None)) if r.is_final]
-    texts = [r.text for r in finals if r.text]
-    assert texts == [rows[0]["text"], rows[1]["text"]]
-    assert [r.segment for r in finals if r.text] == [0, 1]
-    second = [r for r in finals if r.text][1]
-    assert second.words[0].start >= (a.numel() + silence.numel()) / 16000 - 0.2
+class _ScriptedCtc:
+    """The model with its CTC head replaced by fixed posteriors: absolute encoder frame ``t`` of the
+    stream gets label ``labels[t]`` (blank after the script). Everything else is the real model."""
+
+    def __init__(self, model, labels):
+        self._model, self.labels, self.t = model, labels, 0
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def ctc_logp(self, enc):
+        n, vocab = enc.shape[0], self._model.ctc.out_features
+        ids = [self.labels[t] if t < len(self.labels) else 0 for t in range(self.t, self.t + n)]
+        self.t += n
+        logp = torch.full((n, vocab), -30.0)
+        logp[torch.arange(n), torch.tensor(ids, dtype=torch.long)] = 0.0
+        return logp
+
+
+def test_endpointing_splits_segments(loaded):
+    """Segment boundaries, texts, segment numbers and word times follow from fixed CTC labels,
+    whatever the audio chunking (the mechanism, not what a model hears)."""
+    tok = loaded.tokenizer
+    a, b, c = [i for i in range(3, tok.vocab_size) if tok.is_word_start(i) and tok.decode([i]).strip()][:3]
+    # 40 ms frames, 320 ms blocks (8 frames); an endpoint needs 20 blank frames after speech and is
+    # checked at block ends (frames 8, 16, 24, 32, ...)
+    labels = [0] * 6 + [a, a, 0, b] + [0] * 30 + [c, 0, a]
+    #          speech at frames 6-9 ^            ^ blanks 10-39: 22 of them by the block end at 32
+    cfg = RecognizerConfig(decoder="ctc", block_ms=320,
+                           endpoint=EndpointConfig(trailing_blank_ms=800, max_segment_ms=None, max_silence_ms=None))
+    wave = torch.zeros(16000 * 3)
+    rng = random.Random(0)
+    for sizes in (iter(lambda: 3200, None), iter(lambda: wave.numel(), None), iter(lambda: rng.randint(1, 4000), None)):
+        scripted = dataclasses.replace(loaded, model=_ScriptedCtc(loaded.model, labels))
+        finals = [r for r in _run(scripted, cfg, wave, sizes) if r.is_final]
+        spoken = [r for r in finals if r.text]
+        assert [r.tokens for r in spoken] == [[a, b], [c, a]]
+        assert [r.text for r in spoken] == [tok.decode([a, b]), tok.decode([c, a])]
+        assert [r.segment for r in finals] == list(range(len(finals))) and spoken[1].segment == 1
+        assert (spoken[0].start, spoken[0].end, spoken[1].start) == (0.0, 1.28, 1.28)
+        assert [w.start for w in spoken[0].words] == [0.24, 0.36]
+        assert [w.start for w in spoken[1].words] == [1.6, 1.68]
+        assert finals[-1].end == 3.0  # the flush pad is not counted as audio
+
+
+def _abrupt(wave):
+    """The clip cut right after its last loud sample: no trailing silence at all."""
+    loud = (wave.abs() > 0.02).nonzero()
+    return wave[: int(loud[-1]) + 1]
+
+
+@pytest.mark.parametrize("block_ms", [320, 640])
+def test_flush_equals_full_context(loaded, rows, block_ms):
+    """The end of the stream processes every frame: for a clip that stops abruptly (after the speech,
+    or inside a word), the streaming result equals greedy CTC over the full-context forward of the
+    same audio (with the flush pad) under the same block mask, however the audio was chunked."""
+    model = loaded.model
+    cfg = RecognizerConfig(decoder="ctc", block_ms=block_ms,
+                           endpoint=EndpointConfig(trailing_blank_ms=None, max_segment_ms=None, max_silence_ms=None))
+    for row in rows[:3]:
+        wave = _abrupt(load_audio(row["audio"]))
+        for cut in (wave.numel(), int(wave.numel() * 0.8)):
+            clip = wave[:cut]
+            padded = torch.cat([clip, torch.zeros(16 * FLUSH_PAD_MS)])
+            with torch.no_grad():
+                feats, lens = Fbank(loaded.features)(padded[None], torch.tensor([padded.numel()]))
+                enc, _ = model.encoder(model.cmvn(feats), lens, block_size_from_ms(block_ms), cfg.left_blocks)
+                want = ctc_greedy(model.ctc_logp(enc[0])).tokens
+            assert want  # something to lose
+            for sizes in (iter(lambda: 1600, None), iter(lambda: 7, None), iter(lambda: cut, None)):
+                results = _run(loaded, cfg, clip, sizes)
+                assert [r.is_final for r in results].count(True) == 1
+                assert results[-1].tokens == want
+                assert results[-1].end == round(cut / 16000, 3) >= results[-1].words[-1].end
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_abrupt_end_keeps_the_last_word(loaded, rows, decoder):
+    """A clip that stops right after the speech gets the text it gets with 1 s of silence appended
+    (both runs of the same model: no fixed words)."""
+    cfg = RecognizerConfig(decoder=decoder, block_ms=320)
+    for row in rows[:3]:
+        wave = _abrupt(load_audio(row["audio"]))
+        texts = []
+        for clip in (wave, torch.cat([wave, torch.zeros(16000)])):
+            texts.append(" ".join(r.text for r in _run(loaded, cfg, clip, iter(lambda: 4000, None)) if r.is_final and r.text))
+        assert texts[0] == texts[1] and texts[0]
 
 
 def test_endpointer_rules():

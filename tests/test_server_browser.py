@@ -47,7 +47,7 @@ class _DevTools:
         result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, userGesture=True)
         return result["result"].get("value")
 
-    async def wait_for(self, expression: str, timeout: float = 30.0):
+    async def wait_for(self, expression: str, timeout: float = 120.0):  # a hang guard, generous under load
         for _ in range(int(timeout / 0.2)):
             value = await self.evaluate(expression)
             if value:

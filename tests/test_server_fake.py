@@ -161,15 +161,43 @@ def random_frames(pcm: np.ndarray, seed: int, max_samples: int = 5000) -> list[n
     return np.split(pcm, cuts)
 
 
+class FakeClock:
+    """The server's `sleep` (start deadline, idle timeout) under the test's control: a sleep ends
+    only when `advance()` moves the clock past its deadline, never by itself."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleeps: list[tuple[float, float, asyncio.Future[None], asyncio.Task[Any] | None]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        entry = (seconds, self.now + seconds, future, asyncio.current_task())
+        self._sleeps.append(entry)
+        try:
+            await future
+        finally:
+            self._sleeps.remove(entry)
+
+    def sleeping(self, seconds: float) -> int:
+        """How many sleeps of `seconds` are waiting (not being cancelled)."""
+        return sum(1 for s, _, _, task in self._sleeps if s == seconds and not (task and task.cancelling()))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for _, deadline, future, _ in list(self._sleeps):
+            if deadline <= self.now and not future.done():
+                future.set_result(None)
+
+
 @contextlib.asynccontextmanager
-async def running(factory: Any = None, **overrides: Any) -> AsyncIterator[AsrServer]:
+async def running(factory: Any = None, clock: FakeClock | None = None, **overrides: Any) -> AsyncIterator[AsrServer]:
     config = ServerConfig(port=0, model_name="fake", decoder="fake", block_ms=640, **overrides)
-    async with serve(config, factory or FakeFactory()) as server:
+    async with serve(config, factory or FakeFactory(), clock.sleep if clock else asyncio.sleep) as server:
         yield server
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout=60))
+    return asyncio.run(asyncio.wait_for(coro, timeout=300))  # a hang guard, not a time limit: generous under load
 
 
 # -- tests of the fake itself ------------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_pages_and_healthz() -> None:
     assert health[0] == 200 and health[1] == "application/json"
     info = json.loads(health[2])
     assert info["status"] == "ok" and info["model"] == "fake" and info["decoder"] == "fake"
-    assert info["sessions"] == 0 and info["uptime_s"] >= 0
+    assert info["sessions"] == 0 and info["waiting"] == 0 and info["uptime_s"] >= 0
     assert missing[0] == 404
 
 
@@ -72,7 +72,8 @@ def test_metrics_count_sessions_audio_latency_errors() -> None:
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
-    assert values["asr_sessions"] == 0 and values["asr_sessions_total"] == 2
+    assert values["asr_sessions"] == 0 and values["asr_connections_waiting"] == 0
+    assert values["asr_sessions_total"] == 1  # the "{oops" connection never started a stream
     assert values["asr_audio_seconds_total"] == pytest.approx(pcm.size / 16000, abs=1e-3)
     assert values["asr_partial_latency_seconds_count"] > 0
     assert values['asr_partial_latency_seconds_bucket{le="+Inf"}'] == values["asr_partial_latency_seconds_count"]

@@ -40,11 +40,11 @@ def test_native_equals_direct(seed: int) -> None:
     transcript = run(main())
     assert [f["text"] for f in transcript.finals] == direct_finals(pcm)
     assert [f["segment"] for f in transcript.finals] == list(range(len(transcript.finals)))
-    assert messages[-1] == {"type": "done"}
+    assert messages[-1] == {"type": "done", "audio_s": 4.0}
     first = transcript.finals[0]
     assert [w["word"] for w in first["words"]] == first["text"].split()
     assert all(w["end"] > w["start"] >= 0 for w in first["words"])
-    assert transcript.num_partials > 0 and all(m["type"] in ("partial", "final", "done") for m in messages)
+    assert transcript.num_partials > 0 and all(m["type"] in ("partial", "final", "ack", "done") for m in messages)
 
 
 def test_native_file_client_and_options(tmp_path) -> None:
@@ -202,7 +202,7 @@ def test_native_autodetected_on_root() -> None:
             return replies
 
     replies = run(main())
-    assert replies[0]["type"] == "ready" and replies[-1] == {"type": "done"}
+    assert replies[0]["type"] == "ready" and replies[-1] == {"type": "done", "audio_s": 1.0}
     assert [m["text"] for m in replies if m["type"] == "final"] == direct_finals(pcm)
 
 

@@ -83,14 +83,18 @@ def test_sequential_default_isolates_a_failing_stream() -> None:
 
 
 class _GatedFactory(FakeFactory):
-    """Blocks the model thread until `gate` is set, to hold a pass in flight."""
+    """Holds the model thread inside a pass: `entered` is set when a pass has started (its audio
+    taken from the stream), and the pass returns only once the test sets `gate`."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.entered = threading.Event()
         self.gate = threading.Event()
 
     def process_batch(self, items):
-        self.gate.wait(10)
+        self.entered.set()
+        if not self.gate.wait(30):
+            raise RuntimeError("test gate never opened")
         return [rec.accept_waveform(x) for rec, x in items]
 
 
@@ -103,15 +107,23 @@ def test_close_while_busy_drops_results_and_backpressure() -> None:
         sched.start()
         s = await sched.open()
         sched.feed(s, pcm[:4000])
-        await asyncio.sleep(0.05)  # the pass is now in flight, blocked on the gate
+        assert await asyncio.to_thread(factory.entered.wait, 30), "the pass never started"
+        assert s.busy and s.pending_samples == 0  # the pass took the 4000 samples and is held
         sched.feed(s, pcm[4000:16000])  # 12000 pending > 8000: no room
         room_while_blocked = s.has_room.is_set()
+        pending_while_blocked = s.pending_samples
         sched.close(s)
         factory.gate.set()
-        await asyncio.sleep(0.05)
+        # the scheduler runs passes one after another: once another stream's pass has finished,
+        # the held pass has been delivered (and its results dropped)
+        other = await sched.open()
+        sched.feed(other, pcm[:3200])
+        await sched.finalize(other)
         await sched.stop()
-        return s, room_while_blocked
+        return s, other, room_while_blocked, pending_while_blocked
 
-    s, room = run(main())
-    assert room is False
-    assert s.closed and s.outbox.empty()  # the in-flight pass finished; its results were dropped
+    s, other, room, pending = run(main())
+    assert room is False and pending == 12000
+    assert factory.made[0]._block_index == 2  # the held pass did run the recognizer on its 4000 samples
+    assert s.closed and s.outbox.empty() and not s.busy  # ... and its results were dropped
+    assert other.finalized and not other.outbox.empty()
