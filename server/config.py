@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from asr.inference import InferenceConfig
+
 __all__ = ["ServerConfig", "SAMPLE_RATE"]
 
 SAMPLE_RATE = 16000  # the only input rate the server accepts (Hz)
@@ -17,8 +19,9 @@ class ServerConfig:
         host: interface to bind; loopback unless the operator asks for more.
         port: TCP port; 0 picks a free one (tests).
         model_name: shown by `/healthz`.
-        decoder: default decoder name, shown by `/healthz` and used when a client names none.
-        block_ms: default block size in ms, shown by `/healthz`.
+        inference: the sessions' default inference settings (decoder and block size shown by
+            `/healthz`); a native session's start message may override the session fields
+            (`asr.inference.SESSION_FIELDS`), Vosk and WeNet sessions get these.
         max_sessions: open WebSocket sessions at most; more are refused with HTTP 503.
         max_frame_bytes: largest binary audio frame (bytes) a client may send; a larger one is
             an error. 64 KiB is 2 s of 16 kHz int16 audio.
@@ -40,8 +43,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     model_name: str = ""
-    decoder: str = ""
-    block_ms: int | None = None
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     max_sessions: int = 64
     max_frame_bytes: int = 65536
     idle_timeout_s: float = 30.0

@@ -6,8 +6,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from websockets.asyncio.server import ServerConnection
+
+from asr.inference import SettingsError
 
 from .config import SAMPLE_RATE, ServerConfig
 from .limits import ProtocolError, decode_pcm
@@ -83,10 +86,13 @@ class Session:
             return None
         raise ProtocolError("idle_timeout", f"no message for {self.ctx.config.idle_timeout_s:g} s")
 
-    async def open_stream(self, decoder: str | None, block_ms: int | None) -> Stream:
+    async def open_stream(self, overrides: Mapping[str, Any] | None = None) -> Stream:
+        """Open the stream with the server's inference settings, ``overrides`` (a start message's
+        session fields) applied; a bad value is a `bad_option` error naming the field."""
         try:
-            self.stream = await self.ctx.scheduler.open(decoder=decoder, block_ms=block_ms)
-        except ValueError as exc:
+            settings = self.ctx.config.inference.override(overrides or {})
+            self.stream = await self.ctx.scheduler.open(settings)
+        except (SettingsError, ValueError) as exc:
             raise ProtocolError("bad_option", str(exc)) from None
         return self.stream
 

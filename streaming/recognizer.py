@@ -1,9 +1,10 @@
 """One stream's recognition: audio chunks of any size in, partial and final results out.
 
 audio -> :class:`~asr.features.OnlineFbank` -> CMVN -> ``encoder.step`` (block mask, KV and conv
-caches) -> per block: CTC log-probs, the chosen block decoder, the endpointer. A segment ends on
-the endpoint rules (or at :meth:`Recognizer.finalize`); its final result carries word timestamps
-and the decoder starts afresh, so an hours-long stream keeps bounded state.
+caches) -> per block: CTC log-probs, the block decoder that the settings name
+(:func:`asr.decode.build_decoder`), the endpointer. A segment ends on the endpoint rules (or at
+:meth:`Recognizer.finalize`); its final result carries word timestamps and the decoder starts
+afresh, so an hours-long stream keeps bounded state.
 
 The results do not depend on how the audio is chunked: features, encoder blocks and every
 decision are computed on the same frames whatever the chunk sizes.
@@ -16,50 +17,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asr.decode import (FRAME_SECONDS, BsbsDecoder, CtcGreedyDecoder, SarGreedyDecoder, Tokens, Word,
-                        offline_decode, words_from_tokens)
-from asr.encoder import block_size_from_ms
+from asr.decode import Tokens, Word, build_decoder, words_from_tokens
+from asr.encoder import FRAME_MS
 from asr.features import OnlineFbank
+from asr.inference import InferenceConfig
 from asr.models.io import LoadedModel
 from asr.models.lm import TransformerLM
 from streaming.endpoint import EndpointConfig, Endpointer
 
-__all__ = ["DECODERS", "RecognizerConfig", "Result", "Recognizer", "process_batch"]
-
-DECODERS = ("ctc", "sar", "bsbs", "offline")
-
-
-@dataclass(frozen=True)
-class RecognizerConfig:
-    """Args:
-        decoder: ``ctc`` (streaming greedy CTC), ``sar`` (semi-autoregressive greedy),
-            ``bsbs`` (blockwise synchronous beam search), ``offline`` (full-context joint beam
-            search per segment; no partials).
-        block_ms: encoder block (latency); a multiple of 40 ms.
-        left_blocks: encoder left context in blocks (None = unlimited; bounded keeps memory flat).
-        beam, ctc_weight, length_bonus: beam searches (bsbs, offline).
-        ctc_beam: the ctc decoder's final result by CTC prefix beam search of this width (1 = greedy).
-        lm_weight: shallow-fusion weight of the LM given to :class:`Recognizer` (bsbs, offline).
-        tentative_frames: SAR boundary rule ``g`` (0 = naive).
-        partials: emit partial results.
-    """
-
-    decoder: str = "sar"
-    block_ms: int = 640
-    left_blocks: int | None = 4
-    beam: int = 10
-    ctc_beam: int = 1
-    ctc_weight: float = 0.3
-    length_bonus: float = 0.0
-    lm_weight: float = 0.0
-    tentative_frames: int = 2
-    partials: bool = True
-    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
-
-    def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {self.decoder!r}")
-        block_size_from_ms(self.block_ms)
+__all__ = ["Result", "Recognizer", "process_batch"]
 
 
 @dataclass(frozen=True)
@@ -75,91 +41,82 @@ class Result:
     end: float = 0.0
 
 
+def _seconds(frame: int) -> float:
+    return round(frame * FRAME_MS / 1000, 3)
+
+
 class Recognizer:
     """Streaming recognition of one audio stream with a loaded model (see module docstring).
 
+    The recognizer's tensors (feature buffer, encoder caches, decoder states) live on the model's
+    device and in its dtype: move the model with ``loaded.model.to(...)`` before building one.
+
     Args:
+        loaded: the model directory, loaded once and shared by every stream.
+        cfg: the inference settings (decoder, block, beams, LM weight; the model, device and
+            threads fields are for whoever loads ``loaded``).
         lm: language model for shallow fusion (weight ``cfg.lm_weight``; bsbs and offline decoders),
             on the model's device and trained with the model's tokenizer (``asr.models.lm_io.load_lm_dir``).
+        endpoint: the endpointing rules.
+        partials: emit partial results (the offline decoder has none).
     """
 
-    def __init__(self, loaded: LoadedModel, cfg: RecognizerConfig = RecognizerConfig(),
-                 lm: TransformerLM | None = None):
+    def __init__(self, loaded: LoadedModel, cfg: InferenceConfig = InferenceConfig(),
+                 lm: TransformerLM | None = None, *, endpoint: EndpointConfig = EndpointConfig(),
+                 partials: bool = True):
         self.loaded, self.cfg, self.lm = loaded, cfg, lm
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        if cfg.decoder == "sar" and self.model.sar is None:
-            raise ValueError(f"{loaded.path}: this model has no SAR decoder; use --decoder ctc")
-        if cfg.decoder == "bsbs" and self.model.decoder is None:
-            raise ValueError(f"{loaded.path}: this model has no attention decoder; use --decoder ctc or sar")
-        if cfg.lm_weight:
-            if lm is None:
-                raise ValueError("lm_weight is set but no LM was given (--lm DIR)")
-            if cfg.decoder not in ("bsbs", "offline"):
-                raise ValueError(f"LM shallow fusion works with the bsbs and offline decoders, not {cfg.decoder!r}")
-            if lm.vocab_size != loaded.tokenizer.vocab_size:
-                raise ValueError(f"the LM has {lm.vocab_size} tokens, the model's tokenizer "
-                                 f"{loaded.tokenizer.vocab_size}")
-        self.device = next(self.model.parameters()).device
-        self.block_size = block_size_from_ms(cfg.block_ms)
-        self.fbank = OnlineFbank(loaded.features).to(self.device)
-        self.state = self.model.encoder.init_state(1, self.block_size, cfg.left_blocks, self.device)
-        self.endpointer = Endpointer(cfg.endpoint)
+        if lm is not None and lm.vocab_size != loaded.tokenizer.vocab_size:
+            raise ValueError(f"the LM has {lm.vocab_size} tokens, the model's tokenizer {loaded.tokenizer.vocab_size}")
+        self.decoder = build_decoder(self.model, cfg, lm, source=str(loaded.path))
+        self.partials = partials and self.decoder.partials
+        weight = next(self.model.parameters())
+        self.device, self.dtype = weight.device, weight.dtype
+        self.block_size = cfg.block_size
+        self.fbank = OnlineFbank(loaded.features).to(self.device, self.dtype)
+        self.state = self.model.encoder.init_state(1, self.block_size, cfg.left_blocks, self.device, self.dtype)
+        self.endpointer = Endpointer(endpoint)
         self.segment = 0
         self.frames = 0  # encoder frames so far
         self.segment_start = 0  # encoder frame where the current segment starts
-        self.feats: list[torch.Tensor] = []  # offline decoder: features of the current segment
-        self.feat_start = 0  # feature frame of self.feats[0]
-        self.feat_frames = 0
         self.last_partial = ""
         self.finished = False
-        self.decoder = self._new_decoder()
-
-    def _new_decoder(self):
-        c = self.cfg
-        if c.decoder == "sar":
-            return SarGreedyDecoder(self.model.sar, c.tentative_frames)
-        if c.decoder == "bsbs":
-            return BsbsDecoder(self.model, beam=c.beam, ctc_weight=c.ctc_weight, length_bonus=c.length_bonus,
-                               lm=self.lm, lm_weight=c.lm_weight)
-        if c.decoder == "ctc":
-            return CtcGreedyDecoder(c.ctc_beam)
-        return CtcGreedyDecoder()  # offline's streaming pass (endpoints)
 
     # ------------------------------------------------------------------ public
     def accept_waveform(self, samples: np.ndarray | torch.Tensor) -> list[Result]:
         """Feed 16 kHz mono float32 samples in [-1, 1]; returns new partial/final results."""
-        return self._feed(self._features(samples), final=False)
+        return self.decode(*self.step_encoder(self.encoder_input(samples)))
 
     def finalize(self) -> list[Result]:
         """Flush the last partial block and end the stream; the last result is always a final."""
         if self.finished:
             return []
-        results = self._feed(torch.zeros(0, self.loaded.features.num_mel_bins, device=self.device), final=True)
+        empty = torch.zeros(1, 0, self.loaded.features.num_mel_bins, device=self.device, dtype=self.dtype)
+        results = self.decode(*self.step_encoder(empty, final=True))
         results.append(self._end_segment(always=True))
         self.finished = True
         return results
 
-    # ------------------------------------------------------------------ internals
-    def _features(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
+    # ------------------------------------------------------------------ the three stages of a chunk
+    # (public so that process_batch can run the middle one for many streams at once)
+    @torch.no_grad()
+    def encoder_input(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Audio -> the normalised (1, t, F) feature frames that became complete."""
         if self.finished:
             raise RuntimeError("accept_waveform after finalize: create a new Recognizer per stream")
         x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten()
-        return self.fbank.accept(x)
-
-    def _encoder_input(self, feats: torch.Tensor) -> torch.Tensor:
-        """Normalised (1, t, F) encoder input; the offline decoder also keeps the raw features."""
-        if self.cfg.decoder == "offline" and feats.shape[0]:
-            self.feats.append(feats)
-            self.feat_frames += feats.shape[0]
+        feats = self.fbank.accept(x)  # (t, F)
+        self.decoder.accept_features(feats)
         return self.model.cmvn(feats)[None]
 
     @torch.no_grad()
-    def _feed(self, feats: torch.Tensor, final: bool) -> list[Result]:
-        enc, self.state = self.model.encoder.step(self._encoder_input(feats), self.state, final=final)
-        return self._decode_blocks(enc[0], final)
+    def step_encoder(self, x: torch.Tensor, final: bool = False) -> tuple[torch.Tensor, bool]:
+        """(1, t, F) encoder input -> ``(enc (t', D), final)`` of the blocks that became complete."""
+        enc, self.state = self.model.encoder.step(x, self.state, final=final)
+        return enc[0], final
 
     @torch.no_grad()
-    def _decode_blocks(self, enc: torch.Tensor, final: bool) -> list[Result]:
+    def decode(self, enc: torch.Tensor, final: bool = False) -> list[Result]:
         """Run the block decoder and the endpointer over new encoder frames (t, D)."""
         results: list[Result] = []
         step = self.block_size or max(enc.shape[0], 1)
@@ -172,39 +129,21 @@ class Recognizer:
                 r = self._end_segment(always=False)
                 if r is not None:
                     results.append(r)
-            elif self.cfg.partials and self.cfg.decoder != "offline":
+            elif self.partials:
                 text = self.tokenizer.decode(self.decoder.partial().ids)
                 if text != self.last_partial:
                     self.last_partial = text
-                    results.append(Result(text, False, self.segment, start=self._seconds(self.segment_start),
-                                          end=self._seconds(self.frames)))
+                    results.append(Result(text, False, self.segment, start=_seconds(self.segment_start),
+                                          end=_seconds(self.frames)))
         return results
 
-    def _seconds(self, frame: int) -> float:
-        return round(frame * FRAME_SECONDS, 3)
-
-    def _segment_tokens(self) -> Tokens:
-        if self.cfg.decoder != "offline":
-            return self.decoder.finalize()
-        # the segment's encoder frames [segment_start, frames) come from feature frames 4*start .. 4*end + 3
-        feats = torch.cat(self.feats) if self.feats else torch.zeros(0, 80)
-        lo = 4 * self.segment_start - self.feat_start
-        hi = 4 * self.frames + 3 - self.feat_start
-        tokens = offline_decode(self.model, feats[max(lo, 0):hi], beam=self.cfg.beam,
-                                ctc_weight=self.cfg.ctc_weight, length_bonus=self.cfg.length_bonus,
-                                lm=self.lm, lm_weight=self.cfg.lm_weight)
-        keep_from = 4 * self.frames - self.feat_start  # the next segment's first feature frame
-        self.feats = [feats[keep_from:]]
-        self.feat_start += keep_from
-        return tokens
-
+    # ------------------------------------------------------------------ internals
     def _end_segment(self, always: bool) -> Result | None:
-        tokens = self._segment_tokens()
+        tokens: Tokens = self.decoder.finalize()
         text = self.tokenizer.decode(tokens.ids)
-        offset = self.segment_start * FRAME_SECONDS
+        offset = self.segment_start * FRAME_MS / 1000
         result = Result(text, True, self.segment, words_from_tokens(tokens, self.tokenizer, offset), tokens.ids,
-                        start=self._seconds(self.segment_start), end=self._seconds(self.frames))
-        self.decoder = self._new_decoder()
+                        start=_seconds(self.segment_start), end=_seconds(self.frames))
         self.endpointer.reset()
         self.segment_start = self.frames
         self.last_partial = ""
@@ -225,9 +164,9 @@ def process_batch(work: list[tuple[Recognizer, np.ndarray]]) -> list[list[Result
         by_model.setdefault(id(rec.model), []).append(i)
     for members in by_model.values():
         recs = [work[i][0] for i in members]
-        xs = [rec._encoder_input(rec._features(work[i][1])) for rec, i in zip(recs, members)]
+        xs = [rec.encoder_input(work[i][1]) for rec, i in zip(recs, members)]
         outs = recs[0].model.encoder.step_batch(xs, [rec.state for rec in recs])
         for rec, i, (enc, state) in zip(recs, members, outs):
             rec.state = state
-            results[i] = rec._decode_blocks(enc[0], final=False)
+            results[i] = rec.decode(enc[0])
     return results

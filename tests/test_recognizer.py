@@ -9,10 +9,11 @@ import soundfile as sf
 import torch
 
 from asr.audio import load_audio, resample
-from asr.cli.main import main as asr_main
+from blockasr.cli import main as asr_main
 from asr.data import read_manifest
 from asr.models.io import load_model_dir
-from streaming import EndpointConfig, Recognizer, RecognizerConfig
+from asr.inference import InferenceConfig
+from streaming import EndpointConfig, Recognizer
 from streaming.endpoint import Endpointer
 
 from conftest import SILENCE_LEVEL
@@ -30,8 +31,8 @@ def rows(tts_corpus):
     return read_manifest(tts_corpus / "all.jsonl")
 
 
-def _run(loaded, cfg, wave, sizes):
-    rec = Recognizer(loaded, cfg)
+def _run(loaded, cfg, wave, sizes, **options):
+    rec = Recognizer(loaded, cfg, **options)
     results, i = [], 0
     while i < wave.numel():
         n = next(sizes)
@@ -48,14 +49,14 @@ def _finals(results):
 def test_decoders_recognise_training_speech(loaded, rows, decoder):
     for row in rows[:3]:
         wave = load_audio(row["audio"])
-        results = _run(loaded, RecognizerConfig(decoder=decoder, block_ms=320), wave, iter(lambda: 1600, None))
+        results = _run(loaded, InferenceConfig(decoder=decoder, block_ms=320), wave, iter(lambda: 1600, None))
         assert results[-1].is_final and results[-1].text == row["text"]
 
 
 def test_ctc_prefix_beam_final(loaded, rows):
     for row in rows[:3]:
         wave = load_audio(row["audio"])
-        results = _run(loaded, RecognizerConfig(decoder="ctc", ctc_beam=4, block_ms=320), wave, iter(lambda: 4000, None))
+        results = _run(loaded, InferenceConfig(decoder="ctc", ctc_beam=4, block_ms=320), wave, iter(lambda: 4000, None))
         assert results[-1].text == row["text"]
         assert [w.word for w in results[-1].words] == row["text"].split()
 
@@ -64,7 +65,7 @@ def test_ctc_prefix_beam_final(loaded, rows):
 @pytest.mark.parametrize("block_ms", [160, 320])
 def test_chunking_invariance(loaded, rows, decoder, block_ms):
     wave = torch.cat([load_audio(r["audio"]) for r in rows[:2]])  # two sentences in one stream
-    cfg = RecognizerConfig(decoder=decoder, block_ms=block_ms)
+    cfg = InferenceConfig(decoder=decoder, block_ms=block_ms)
     whole = _run(loaded, cfg, wave, iter(lambda: wave.numel(), None))
     rng = random.Random(block_ms)
     for sizes in (iter(lambda: rng.randint(1, 4000), None), iter(lambda: 160, None)):
@@ -74,7 +75,7 @@ def test_chunking_invariance(loaded, rows, decoder, block_ms):
 
 def test_word_timestamps_are_ordered_and_inside_audio(loaded, rows):
     wave = load_audio(rows[2]["audio"])
-    final = _run(loaded, RecognizerConfig(decoder="sar", block_ms=320), wave, iter(lambda: 8000, None))[-1]
+    final = _run(loaded, InferenceConfig(decoder="sar", block_ms=320), wave, iter(lambda: 8000, None))[-1]
     assert [w.word for w in final.words] == rows[2]["text"].split()
     times = [t for w in final.words for t in (w.start, w.end)]
     assert times == sorted(times) and times[-1] <= wave.numel() / 16000 + 0.1
@@ -84,8 +85,9 @@ def test_endpointing_splits_segments(loaded, rows):
     silence = SILENCE_LEVEL * torch.randn(16000 * 2, generator=torch.Generator().manual_seed(0))
     a, b = load_audio(rows[0]["audio"]), load_audio(rows[1]["audio"])
     wave = torch.cat([a, silence, b, silence])
-    cfg = RecognizerConfig(decoder="sar", block_ms=320, endpoint=EndpointConfig(trailing_blank_ms=800))
-    finals = [r for r in _run(loaded, cfg, wave, iter(lambda: 3200, None)) if r.is_final]
+    cfg = InferenceConfig(decoder="sar", block_ms=320)
+    finals = [r for r in _run(loaded, cfg, wave, iter(lambda: 3200, None), endpoint=EndpointConfig(trailing_blank_ms=800))
+              if r.is_final]
     texts = [r.text for r in finals if r.text]
     assert texts == [rows[0]["text"], rows[1]["text"]]
     assert [r.segment for r in finals if r.text] == [0, 1]
@@ -104,10 +106,10 @@ def test_endpointer_rules():
 
 
 def test_bad_config_is_clear(loaded):
-    with pytest.raises(ValueError, match="decoder must be one of"):
-        RecognizerConfig(decoder="beam")
-    with pytest.raises(ValueError, match="multiple of 40"):
-        RecognizerConfig(block_ms=100)
+    with pytest.raises(ValueError, match="decoder: expected one of ctc, sar, bsbs, offline, got 'beam'"):
+        InferenceConfig(decoder="beam")
+    with pytest.raises(ValueError, match="block_ms: expected a positive multiple of 40 ms"):
+        InferenceConfig(block_ms=100)
 
 
 def test_transcribe_cli(tiny_model_dir, loaded, rows, tmp_path, capsys):
@@ -117,7 +119,7 @@ def test_transcribe_cli(tiny_model_dir, loaded, rows, tmp_path, capsys):
     a, b = load_audio(rows[0]["audio"]), load_audio(rows[1]["audio"])
     quiet = SILENCE_LEVEL * torch.randn(24000, generator=torch.Generator().manual_seed(0))
     sf.write(wav, resample(torch.cat([a, quiet, b]), 16000, 44100).numpy(), 44100)
-    cfg = RecognizerConfig(decoder="sar", block_ms=320)
+    cfg = InferenceConfig(decoder="sar", block_ms=320)
     expected = [r for r in _run(loaded, cfg, load_audio(wav), iter(lambda: 16000, None)) if r.is_final and r.text]
     assert len(expected) == 2  # an endpoint in the pause
     assert asr_main(["transcribe", str(wav), "--model", str(tiny_model_dir), "--format", "json", "--block-ms", "320"]) == 0
@@ -147,7 +149,7 @@ def test_process_batch_equals_one_by_one(loaded, rows):
     """The server's batching hook: several streams stepped together give each stream's own results."""
     from streaming import process_batch
 
-    cfg = RecognizerConfig(decoder="sar", block_ms=320)
+    cfg = InferenceConfig(decoder="sar", block_ms=320)
     waves = [load_audio(r["audio"]).numpy() for r in rows[:4]]
     alone = [Recognizer(loaded, cfg) for _ in waves]
     together = [Recognizer(loaded, cfg) for _ in waves]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from asr.decode.base import Tokens
+from asr.decode.base import BlockDecoder, Tokens
 from asr.models.sar import SARDecoder
 from asr.search.ctc import CtcGreedyState, ctc_greedy_step
 from asr.tokenizer import SOS_EOS
@@ -20,7 +20,7 @@ from asr.tokenizer import SOS_EOS
 __all__ = ["SarGreedyDecoder"]
 
 
-class SarGreedyDecoder:
+class SarGreedyDecoder(BlockDecoder):
     """Args:
         sar: the model's :class:`SARDecoder`.
         tentative_frames: ``g``, frames at the end of each window whose tokens stay tentative.
@@ -31,6 +31,10 @@ class SarGreedyDecoder:
             raise ValueError(f"tentative_frames must be >= 0, got {tentative_frames}")
         self.sar = sar
         self.g = tentative_frames
+        self._start_segment()
+
+    def _start_segment(self) -> None:
+        sar = self.sar
         device = sar.out.weight.device
         self.caches = sar.lm.empty_caches(1, device)
         h, self.caches = sar.lm.step(torch.tensor([SOS_EOS], device=device), self.caches)
@@ -68,5 +72,6 @@ class SarGreedyDecoder:
     def finalize(self) -> Tokens:
         if self.carry_enc is not None:
             self._decode_window(self.carry_enc[:0], final=True)
-        self.tentative = Tokens()
-        return self.committed
+        tokens = self.committed
+        self._start_segment()
+        return tokens

@@ -60,7 +60,7 @@ main() {
     if [ "$train_seconds" -gt 0 ]; then
       "${launch[@]}" local/train_timed.py --config "conf/$model.yaml" --out "$out" --seconds "$train_seconds"
     else
-      "${launch[@]}" -m asr.cli.main train --config "conf/$model.yaml" --out "$out" --no-progress
+      "${launch[@]}" -m blockasr train --config "conf/$model.yaml" --out "$out" --no-progress
     fi
   fi
   if in_stages 3; then

@@ -40,7 +40,7 @@ for spec in "ctc 640 2" "sar 640 0" "sar 640 2" "bsbs 640 2" "offline 640 2" "of
     dir="$out/$decoder-$block-g$g/${set%%=*}"
     [ -f "$dir/summary.json" ] && continue
     echo "== $decoder block $block g=$g on ${set%%=*}" >&2
-    "$python" -m asr.cli.main decode --model "$model" --data "${set#*=}" --decoder "$decoder" --block-ms "$block" \
+    "$python" -m blockasr decode --model "$model" --data "${set#*=}" --decoder "$decoder" --block-ms "$block" \
       --tentative-frames "$g" --threads "$threads" --max-utts "$max_utts" --out "$dir" --quiet | tail -1
   done
 done

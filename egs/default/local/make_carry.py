@@ -105,7 +105,7 @@ def main() -> int:
         tar.add(work / "corpora", arcname="corpora")
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from recipes.text import normalize_text
+    from asr.text import normalize_text
 
     lines = []
     for i, line in enumerate((Path(args.text) / "brown.txt").read_text().splitlines()):

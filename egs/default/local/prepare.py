@@ -93,7 +93,7 @@ def _tts(args: list[str]) -> None:
 
 
 def _kaldi_manifest(src: Path, out: Path, jobs: int) -> list[dict]:
-    subprocess.run([sys.executable, "-m", "asr.cli.main", "prepare", "kaldi", str(src), str(out),
+    subprocess.run([sys.executable, "-m", "blockasr", "prepare", "kaldi", str(src), str(out),
                     "--workers", str(jobs), "--quiet"], check=True, cwd=ROOT)
     return read_manifest(out)
 
