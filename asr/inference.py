@@ -224,7 +224,9 @@ def add_inference_arguments(p: argparse.ArgumentParser, defaults: InferenceConfi
     for f in dataclasses.fields(InferenceConfig):
         default = None if f.name == "lm_weight" else getattr(defaults, f.name)  # lm_weight: see from_args
         # "%(default)s" also keeps ArgumentDefaultsHelpFormatter from adding a second default
-        shown = {"block_ms": "full", "left_blocks": "none"}.get(f.name, "%(default)s") if default is None else "%(default)s"
+        shown = "%(default)s"
+        if default is None:
+            shown = {"block_ms": "full", "left_blocks": "none"}.get(f.name, shown)
         g.add_argument(_flag(f.name), dest=f.name, type=flag_type(f.name), default=default,
                        metavar=_METAVAR.get(f.name, "N"),
                        help=_HELP[f.name].format(default=shown))

@@ -14,6 +14,9 @@ from asr.inference import (SESSION_FIELDS, InferenceConfig, SettingsError, add_i
 from test_server_fake import FakeFactory, make_audio, direct_finals, random_frames, run, running
 
 
+BLOCK_RULE = 'expected a positive multiple of 40 ms (the encoder frame) or "full"'
+
+
 def _parser(module) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asr x", exit_on_error=False)
     module.add_arguments(p)
@@ -62,8 +65,8 @@ def test_transcribe_decode_and_serve_share_the_flags():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--block-ms", "100"], "argument --block-ms: expected a positive multiple of 40 ms (the encoder frame) or \"full\", got 100"),
-    (["--block-ms", "fast"], "argument --block-ms: expected a positive multiple of 40 ms (the encoder frame) or \"full\", got 'fast'"),
+    (["--block-ms", "100"], f"argument --block-ms: {BLOCK_RULE}, got 100"),
+    (["--block-ms", "fast"], f"argument --block-ms: {BLOCK_RULE}, got 'fast'"),
     (["--beam", "0"], "argument --beam: expected an integer >= 1, got 0"),
     (["--decoder", "nope"], "argument --decoder: expected one of ctc, sar, bsbs, offline, got 'nope'"),
 ])

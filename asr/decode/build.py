@@ -15,7 +15,8 @@ __all__ = ["LM_DECODERS", "build_decoder"]
 LM_DECODERS = ("bsbs", "offline")  # the decoders with shallow fusion
 
 
-def build_decoder(model, cfg: InferenceConfig, lm: TransformerLM | None = None, source: str = "this model") -> BlockDecoder:
+def build_decoder(model, cfg: InferenceConfig, lm: TransformerLM | None = None,
+                  source: str = "this model") -> BlockDecoder:
     """The block decoder ``cfg.decoder`` names, for one stream of ``model`` (an ``AsrModel``).
 
     Args:
