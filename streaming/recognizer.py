@@ -25,7 +25,7 @@ from asr.models.io import LoadedModel
 from asr.models.lm import TransformerLM
 from streaming.endpoint import EndpointConfig, Endpointer
 
-__all__ = ["Result", "Recognizer", "process_batch"]
+__all__ = ["Result", "Recognizer", "decode_round", "process_batch"]
 
 
 @dataclass(frozen=True)
@@ -115,27 +115,32 @@ class Recognizer:
         enc, self.state = self.model.encoder.step(x, self.state, final=final)
         return enc[0], final
 
+    def blocks(self, enc: torch.Tensor) -> list[torch.Tensor]:
+        """New encoder frames (t, D) cut into the blocks the decoder takes one at a time."""
+        step = self.block_size or max(enc.shape[0], 1)
+        return [enc[s:s + step] for s in range(0, enc.shape[0], step)]
+
     @torch.no_grad()
     def decode(self, enc: torch.Tensor, final: bool = False) -> list[Result]:
         """Run the block decoder and the endpointer over new encoder frames (t, D)."""
         results: list[Result] = []
-        step = self.block_size or max(enc.shape[0], 1)
-        for s in range(0, enc.shape[0], step):
-            block = enc[s:s + step]
-            logp = self.model.ctc_logp(block)
-            self.decoder.accept_block(block, logp)
-            self.frames += block.shape[0]
-            if self.endpointer.update(logp.argmax(-1).tolist()) and not final:
-                r = self._end_segment(always=False)
-                if r is not None:
-                    results.append(r)
-            elif self.partials:
-                text = self.tokenizer.decode(self.decoder.partial().ids)
-                if text != self.last_partial:
-                    self.last_partial = text
-                    results.append(Result(text, False, self.segment, start=_seconds(self.segment_start),
-                                          end=_seconds(self.frames)))
+        for block in self.blocks(enc):
+            results += decode_round([self], [block], final)[0]
         return results
+
+    def after_block(self, ctc_logp: torch.Tensor, final: bool) -> list[Result]:
+        """After the decoder took a block (its CTC log-probs (t, V)): endpointing and the partial."""
+        self.frames += ctc_logp.shape[0]
+        if self.endpointer.update(ctc_logp.argmax(-1).tolist()) and not final:
+            r = self._end_segment(always=False)
+            return [] if r is None else [r]
+        if self.partials:
+            text = self.tokenizer.decode(self.decoder.partial().ids)
+            if text != self.last_partial:
+                self.last_partial = text
+                return [Result(text, False, self.segment, start=_seconds(self.segment_start),
+                               end=_seconds(self.frames))]
+        return []
 
     # ------------------------------------------------------------------ internals
     def _end_segment(self, always: bool) -> Result | None:
@@ -153,11 +158,45 @@ class Recognizer:
         return result
 
 
+def _ctc_logps(model, blocks: list[torch.Tensor], batched: bool) -> list[torch.Tensor]:
+    """CTC log-probs (t_i, V) of blocks (t_i, D): one call per block length when ``batched``."""
+    if not batched or len(blocks) == 1:
+        return [model.ctc_logp(b) for b in blocks]
+    out: list[torch.Tensor | None] = [None] * len(blocks)
+    by_len: dict[int, list[int]] = {}
+    for i, b in enumerate(blocks):
+        by_len.setdefault(b.shape[0], []).append(i)
+    for members in by_len.values():
+        logp = model.ctc_logp(torch.stack([blocks[i] for i in members]))  # (B, t, V)
+        for row, i in enumerate(members):
+            out[i] = logp[row]
+    return out  # type: ignore[return-value]
+
+
 @torch.no_grad()
-def process_batch(work: list[tuple[Recognizer, np.ndarray]]) -> list[list[Result]]:
-    """``accept_waveform`` for many streams at once: the encoder steps of streams sharing a model
-    run as one batch where their states allow (:meth:`ConformerEncoder.step_batch`). Each result
-    list equals what ``rec.accept_waveform(samples)`` would have returned."""
+def decode_round(recs: list[Recognizer], blocks: list[torch.Tensor], final: bool = False,
+                 batch_decoders: bool = True) -> list[list[Result]]:
+    """The next block (t_i, D) of each stream (all of one model): CTC log-probs, the block decoders
+    (one :meth:`~asr.decode.BlockDecoder.accept_blocks` call per decoder kind when ``batch_decoders``),
+    then each stream's endpointer and partial. Each result list equals what that stream alone gives."""
+    logps = _ctc_logps(recs[0].model, blocks, batch_decoders)
+    groups: dict[object, list[int]] = {}
+    for i, rec in enumerate(recs):
+        key = (type(rec.decoder), rec.decoder.batch_key()) if batch_decoders else i
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        decoders = [recs[i].decoder for i in members]
+        type(decoders[0]).accept_blocks(decoders, [blocks[i] for i in members], [logps[i] for i in members])
+    return [rec.after_block(logp, final) for rec, logp in zip(recs, logps)]
+
+
+@torch.no_grad()
+def process_batch(work: list[tuple[Recognizer, np.ndarray]], batch_decoders: bool = True) -> list[list[Result]]:
+    """``accept_waveform`` for many streams at once. Per model: the features per stream, one
+    :meth:`ConformerEncoder.step_batch` (streams whose states allow share the conformer layers), then
+    block by block one :func:`decode_round` over every stream that has that block (``batch_decoders``:
+    one CTC and one decoder call per round; False: the decoders one stream after another). Each
+    result list equals what ``rec.accept_waveform(samples)`` would have returned."""
     results: list[list[Result]] = [[] for _ in work]
     by_model: dict[int, list[int]] = {}
     for i, (rec, _) in enumerate(work):
@@ -165,8 +204,13 @@ def process_batch(work: list[tuple[Recognizer, np.ndarray]]) -> list[list[Result
     for members in by_model.values():
         recs = [work[i][0] for i in members]
         xs = [rec.encoder_input(work[i][1]) for rec, i in zip(recs, members)]
-        outs = recs[0].model.encoder.step_batch(xs, [rec.state for rec in recs])
-        for rec, i, (enc, state) in zip(recs, members, outs):
+        blocks = []
+        for rec, (enc, state) in zip(recs, recs[0].model.encoder.step_batch(xs, [rec.state for rec in recs])):
             rec.state = state
-            results[i] = rec.decode(enc[0])
+            blocks.append(rec.blocks(enc[0]))
+        for k in range(max(len(b) for b in blocks)):
+            live = [j for j, b in enumerate(blocks) if k < len(b)]
+            outs = decode_round([recs[j] for j in live], [blocks[j][k] for j in live], batch_decoders=batch_decoders)
+            for j, res in zip(live, outs):
+                results[members[j]] += res
     return results

@@ -6,7 +6,8 @@ from asr.decode.bsbs import BsbsDecoder, aligned_tokens, joint_scorers
 from asr.decode.build import LM_DECODERS, build_decoder
 from asr.decode.ctc import CtcGreedyDecoder
 from asr.decode.offline import OfflineDecoder, offline_decode
-from asr.decode.sar import SarGreedyDecoder
+from asr.decode.sar import SarGreedyDecoder, fuse_windows
 
 __all__ = ["LM_DECODERS", "BlockDecoder", "BsbsDecoder", "CtcGreedyDecoder", "OfflineDecoder", "SarGreedyDecoder",
-           "Tokens", "Word", "aligned_tokens", "build_decoder", "joint_scorers", "offline_decode", "words_from_tokens"]
+           "Tokens", "Word", "aligned_tokens", "build_decoder", "fuse_windows", "joint_scorers", "offline_decode",
+           "words_from_tokens"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Hashable, Sequence
 import torch
 
 from asr.encoder.conformer import FRAME_MS
@@ -53,6 +54,18 @@ class BlockDecoder:
     def finalize(self) -> Tokens:
         """The segment's final tokens; the decoder then starts the next segment afresh."""
         raise NotImplementedError
+
+    def batch_key(self) -> Hashable:
+        """Decoders with equal keys (and class) take their blocks in one :meth:`accept_blocks` call."""
+        return id(self)
+
+    @staticmethod
+    def accept_blocks(decoders: Sequence["BlockDecoder"], encs: Sequence[torch.Tensor],
+                      ctc_logps: Sequence[torch.Tensor]) -> None:
+        """``accept_block`` for several streams at once (the next block of each); equals calling
+        each decoder's ``accept_block`` in turn. Batched decoders override it."""
+        for decoder, enc, logp in zip(decoders, encs, ctc_logps):
+            decoder.accept_block(enc, logp)
 
 
 def words_from_tokens(tokens: Tokens, tokenizer: Tokenizer, offset_seconds: float = 0.0) -> list[Word]:

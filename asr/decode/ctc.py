@@ -29,6 +29,9 @@ class CtcGreedyDecoder(BlockDecoder):
         if self.beam > 1:
             self.logp.append(ctc_logp)
 
+    def batch_key(self) -> object:
+        return "ctc"  # the greedy step is per stream; the recognizer batches the CTC log-probs
+
     def partial(self) -> Tokens:
         return self.tokens
 
