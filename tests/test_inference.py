@@ -41,7 +41,8 @@ def test_block_ms_rule():
 
 
 @pytest.mark.parametrize("field,value,expected", [
-    ("decoder", "beam", "one of ctc, sar, bsbs, offline"), ("left_blocks", -1, "an integer >= 0"),
+    ("decoder", "beam", "one of ctc, sar, bsbs, offline"),
+    ("left_blocks", -1, "an integer >= 0, or none (unlimited)"),
     ("beam", 0, "an integer >= 1"), ("beam", True, "an integer >= 1"), ("ctc_weight", 1.5, "a number from 0 to 1"),
     ("lm_weight", -1.0, "a number >= 0"), ("tentative_frames", "2", "an integer >= 0"),
     ("device", "gpu", "cpu, cuda, cuda:N or auto"), ("threads", 0, "an integer >= 1")])
@@ -139,7 +140,8 @@ def test_sessions_get_the_server_defaults_with_their_overrides():
             return defaults, await good, bad, plain
 
     defaults, good, bad, plain = run(main())
-    assert bad == [{"type": "error", "code": "bad_option", "message": "left_blocks: expected an integer >= 0, got -1"}]
+    message = "left_blocks: expected an integer >= 0, or none (unlimited), got -1"
+    assert bad == [{"type": "error", "code": "bad_option", "message": message}]
     assert sorted(factory.settings, key=repr) == sorted(
         [dataclasses.replace(defaults, beam=4, block_ms=None, left_blocks=2), defaults], key=repr)
     finals = [t for t in direct_finals(pcm) if t]
