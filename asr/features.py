@@ -114,18 +114,19 @@ class OnlineFbank(_FbankCore):
 
     def __init__(self, cfg: FbankConfig):
         super().__init__(cfg)
-        self._buffer = torch.zeros(0)
+        # a buffer, so that .to(device, dtype) moves the samples not yet framed with the filters
+        self.register_buffer("_buffer", torch.zeros(0), persistent=False)
         self.frames_emitted = 0
 
     def reset(self) -> None:
-        self._buffer = torch.zeros(0)
+        self._buffer = self._buffer.new_zeros(0)
         self.frames_emitted = 0
 
     @torch.no_grad()
     def accept(self, samples: torch.Tensor) -> torch.Tensor:
-        """(n,) float32 audio in [-1, 1] -> (t, num_mel_bins) new frames."""
+        """(n,) audio in [-1, 1] -> (t, num_mel_bins) new frames, on the module's device and dtype."""
         cfg = self.cfg
-        buf = torch.cat([self._buffer, samples.to(self.window.device, torch.float32).flatten() * 32768.0])
+        buf = torch.cat([self._buffer, samples.to(self.window.device, self.window.dtype).flatten() * 32768.0])
         n = num_frames(buf.numel(), cfg)
         if n == 0:
             self._buffer = buf

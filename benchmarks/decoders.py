@@ -23,7 +23,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def _decode(tag: str, args: argparse.Namespace, extra: list[str]) -> dict:
     out = RESULTS / "decoders" / f"{Path(args.data).name}" / tag
-    cmd = [sys.executable, "-m", "asr.cli.main", "decode", "--model", args.model, "--data", args.data,
+    cmd = [sys.executable, "-m", "blockasr", "decode", "--model", args.model, "--data", args.data,
            "--out", str(out), "--threads", str(args.threads), "--quiet", *extra]
     if args.max_utts:
         cmd += ["--max-utts", str(args.max_utts)]

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import streaming.recognizer as recognizer_module  # noqa: E402
 from asr.models.io import default_model_dir, load_model_dir  # noqa: E402
-from streaming import Recognizer, RecognizerConfig  # noqa: E402
+from asr.inference import InferenceConfig  # noqa: E402
+from streaming import Recognizer  # noqa: E402
 
 SENTENCES = ["he took the train over london", "she lives in london", "we went to the zoo yesterday",
              "the meeting is over", "please close the window", "my name is john smith"]
@@ -56,7 +57,7 @@ def main() -> None:
         sys.exit("last_word.py needs flite (apt-get install flite) to synthesise the clips")
     torch.set_num_threads(1)
     loaded = load_model_dir(args.model)
-    cfg = RecognizerConfig(decoder=args.decoder, block_ms=args.block_ms)
+    cfg = InferenceConfig(decoder=args.decoder, block_ms=args.block_ms)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for sentence in SENTENCES:

@@ -30,7 +30,7 @@ def _decode(data: Path, n: int, tag: str, args: argparse.Namespace, extra: list[
         return json.loads(summary.read_text())  # done already (a re-run continues)
     if args.no_decode:
         return None
-    cmd = [sys.executable, "-m", "asr.cli.main", "decode", "--model", args.model, "--data", str(data),
+    cmd = [sys.executable, "-m", "blockasr", "decode", "--model", args.model, "--data", str(data),
            "--out", str(out), "--threads", str(args.threads), "--max-utts", str(n), "--quiet", *extra]
     print("+", " ".join(cmd[2:]), file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

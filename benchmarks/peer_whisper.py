@@ -133,10 +133,10 @@ class _Ours:
     """One decoder of our model, fed as ``asr decode`` feeds it (100 ms chunks, then finalize)."""
 
     def __init__(self, loaded, decoder: str, block_ms: int):
-        from streaming import RecognizerConfig
+        from asr.inference import InferenceConfig
 
         self.loaded, self.name = loaded, f"ours {decoder} {block_ms} ms"
-        self.cfg = RecognizerConfig(decoder=decoder, block_ms=block_ms)
+        self.cfg = InferenceConfig(decoder=decoder, block_ms=block_ms)
 
     def __call__(self, wave, threads: int) -> str:
         import torch

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from asr.inference import InferenceConfig  # noqa: E402
 from server.app import AsrServer  # noqa: E402
 from server.client import astream_frames, read_pcm16  # noqa: E402
 from server.config import ServerConfig  # noqa: E402
@@ -77,7 +78,7 @@ class SyntheticFactory:
     def __init__(self, rtf: float) -> None:
         self.rtf = rtf
 
-    def __call__(self, decoder: str | None = None, block_ms: int | None = None) -> SyntheticRecognizer:
+    def __call__(self, settings=None) -> SyntheticRecognizer:
         return SyntheticRecognizer(self.rtf)
 
 
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--synthetic-rtf", type=float, default=0.02, help="synthetic recognizer cost (s per audio s)")
     p.add_argument("--decoder", default="sar")
     p.add_argument("--block-ms", type=int, default=640)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (--model only)")
     p.add_argument("--audio", help="16 kHz audio file to stream (default: 10 s of noise)")
     p.add_argument("--seconds", type=float, default=10.0, help="audio seconds per stream")
     p.add_argument("--streams", default="1,2,4,8,16,32,64,128", help="levels of concurrency to try")
@@ -155,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, torch.get_num_threads()))
         import streaming
 
-        factory = streaming.make_recognizer_factory(args.model, args.decoder, args.block_ms)
-        device = str(getattr(factory, "device", "cuda" if torch.cuda.is_available() else "cpu"))
+        factory = streaming.make_recognizer_factory(args.model, decoder=args.decoder, block_ms=args.block_ms,
+                                                    device=args.device)
+        device = str(next(factory.loaded.model.parameters()).device)
         if device.startswith("cuda") and torch.cuda.is_available():
             device = torch.cuda.get_device_name()
     else:
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         pcm = (np.random.default_rng(0).standard_normal(n_samples) * 3000).astype(np.int16)
 
     levels = [int(x) for x in args.streams.split(",")]
-    config = ServerConfig(port=0, model_name=args.model or "synthetic", decoder=args.decoder,
+    settings = factory.settings if args.model else InferenceConfig(decoder=args.decoder, block_ms=args.block_ms)
+    config = ServerConfig(port=0, model_name=args.model or "synthetic", inference=settings,
                           max_sessions=max(levels) + 1, max_batch=max(levels))
     rows, began = [], time.monotonic()
     with _ServerThread(config, factory) as server:

@@ -76,7 +76,7 @@ def main() -> None:
             rss_before = _rss_mb(proc.pid)
             began = time.monotonic()
             client = subprocess.run(
-                [sys.executable, "-m", "asr.cli.main", "stream", str(wav), "--url", f"ws://127.0.0.1:{port}", "--json"],
+                [sys.executable, "-m", "blockasr", "stream", str(wav), "--url", f"ws://127.0.0.1:{port}", "--json"],
                 cwd=ROOT, capture_output=True, text=True,
             )
             wall = time.monotonic() - began

@@ -40,10 +40,8 @@
 blockasr_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$blockasr_root${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python3}
-if ! command -v asr >/dev/null 2>&1; then
-  # Not installed (`pip install -e .` gives the console script): run the package from the checkout.
-  asr() { "$python" -m asr.cli.main "$@"; }
-fi
+# The checkout's own command line (an installed `asr` console script may belong to another checkout).
+asr() { "$python" -m blockasr "$@"; }
 
 stage=${stage:-0}
 stop_stage=${stop_stage:-100}

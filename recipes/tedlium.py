@@ -28,7 +28,7 @@ from pathlib import Path
 import soundfile as sf
 
 from asr.data.manifest import write_manifest
-from recipes.text import normalize_text
+from asr.text import normalize_text
 
 __all__ = [
     "LAYOUTS",

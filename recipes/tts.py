@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 
 from recipes.kaldi_dir import KaldiEntry, write_kaldi_dir
-from recipes.text import normalize_text
+from asr.text import normalize_text
 from recipes.voices import Prosody, Voice, available_voices, select_voices, synthesize
 
 __all__ = ["TtsConfig", "Job", "read_text_lines", "plan_jobs", "render", "generate", "add_arguments",

@@ -13,22 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from asr.inference import (add_inference_arguments, add_session_arguments, inference_config_from_args,
+                           session_overrides_from_args)
+
 from .config import ServerConfig
 
 __all__ = ["build_serve_parser", "build_stream_parser", "config_from_args", "serve_main", "stream_main"]
 
 _TOKEN_ENV = "ASR_SERVER_TOKEN"
-
-
-def _block_ms(value: str) -> int:
-    """`640` -> 640 (streaming needs a block; the offline decoder uses full context by itself)."""
-    try:
-        ms = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of milliseconds, got {value!r}") from None
-    if ms <= 0 or ms % 40:
-        raise argparse.ArgumentTypeError(f"block size must be a positive multiple of 40 ms, got {ms}")
-    return ms
 
 
 def _seconds_or_none(value: str) -> float | None:
@@ -43,10 +35,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
         "http://HOST:PORT/, /healthz and /metrics on the same port.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", default=None, help="model directory (config.yaml, model.pt, tokenizer.model); "
-                   "default: the shipped models/default")
-    p.add_argument("--decoder", default="sar", help="default decoder: sar, ctc, bsbs or offline")
-    p.add_argument("--block-ms", type=_block_ms, default=640, help="default block size in ms (multiple of 40)")
+    add_inference_arguments(p)  # the sessions' defaults; a native start message may override the session fields
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="interface to bind; use 0.0.0.0 to accept other machines")
     net.add_argument("--port", type=int, default=8765, help="TCP port")
@@ -79,9 +68,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         return ServerConfig(
             host=args.host,
             port=args.port,
-            model_name=Path(args.model).name,
-            decoder=args.decoder,
-            block_ms=args.block_ms,
+            model_name=Path(args.model).name if args.model else "default",
+            inference=inference_config_from_args(args),
             max_sessions=args.max_sessions,
             max_frame_bytes=args.max_frame_bytes,
             idle_timeout_s=args.idle_timeout,
@@ -113,7 +101,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     try:
         import streaming  # the lead's package; heavy (torch), so imported only here
 
-        factory = streaming.make_recognizer_factory(args.model, args.decoder, args.block_ms)
+        factory = streaming.make_recognizer_factory(config.inference)
     except (OSError, ValueError, ImportError) as exc:
         print(f"asr serve: cannot load model {args.model}: {exc}", file=sys.stderr)
         return 2
@@ -143,8 +131,7 @@ def build_stream_parser() -> argparse.ArgumentParser:
     p.add_argument("--mic", action="store_true", help="stream the default microphone until Ctrl-C (needs sounddevice)")
     p.add_argument("--chunk-ms", type=int, default=100, help="audio per WebSocket message")
     p.add_argument("--realtime", action="store_true", help="send the file at its real speed instead of at once")
-    p.add_argument("--decoder", help="ask for this decoder instead of the server's default")
-    p.add_argument("--block-ms", type=int, help="ask for this block size (ms)")
+    add_session_arguments(p)
     p.add_argument("--token", default=argparse.SUPPRESS, help=f"bearer token; default: ${_TOKEN_ENV} if set")
     p.add_argument("--insecure", action="store_true", help="accept a self-signed TLS certificate")
     p.add_argument("--json", action="store_true", help="print every server message as a JSON line")
@@ -177,7 +164,7 @@ def stream_main(argv: Sequence[str] | None = None) -> int:
         parser.error("--chunk-ms must be positive")
     from .client import ClientError, shortfall, stream_file, stream_microphone
 
-    start = {k: v for k, v in (("decoder", args.decoder), ("block_ms", args.block_ms)) if v is not None}
+    start = session_overrides_from_args(args)
     kwargs = dict(start=start, token=_token(args), on_message=_printer(args.json), insecure=args.insecure)
     try:
         if args.mic:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from asr.inference import InferenceConfig
+
 __all__ = ["ServerConfig", "SAMPLE_RATE"]
 
 SAMPLE_RATE = 16000  # the only input rate the server accepts (Hz)
@@ -17,8 +19,9 @@ class ServerConfig:
         host: interface to bind; loopback unless the operator asks for more.
         port: TCP port; 0 picks a free one (tests).
         model_name: shown by `/healthz`.
-        decoder: default decoder name, shown by `/healthz` and used when a client names none.
-        block_ms: default block size in ms, shown by `/healthz`.
+        inference: the sessions' default inference settings (decoder and block size shown by
+            `/healthz`); a native session's start message may override the session fields
+            (`asr.inference.SESSION_FIELDS`), Vosk and WeNet sessions get these.
         max_sessions: started streams at most (a connection takes a slot when it starts its stream,
             not when it connects); a handshake while all are taken gets HTTP 503, a start `server_busy`.
         start_timeout_s: a connection must start its stream (native `start`, WeNet start signal,
@@ -46,8 +49,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     model_name: str = ""
-    decoder: str = ""
-    block_ms: int | None = None
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     max_sessions: int = 64
     start_timeout_s: float = 5.0
     max_waiting: int = 1024

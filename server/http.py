@@ -34,8 +34,8 @@ def healthz(ctx: Context) -> dict[str, object]:
     return {
         "status": "draining" if ctx.draining.is_set() else "ok",
         "model": ctx.config.model_name,
-        "decoder": ctx.config.decoder,
-        "block_ms": ctx.config.block_ms,
+        "decoder": ctx.config.inference.decoder,
+        "block_ms": ctx.config.inference.block_ms,
         "uptime_s": round(time.monotonic() - ctx.started_at, 3),
         "sessions": ctx.metrics.sessions,
         "waiting": ctx.metrics.waiting,

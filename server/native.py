@@ -1,7 +1,9 @@
 """The native protocol on `/asr` (DESIGN.md, "Streaming protocol").
 
-client -> {"type":"start","sample_rate":16000,"format":"s16le"}  (optional: decoder, block_ms,
-          nbest, timestamps), binary s16le frames, {"type":"end"}
+client -> {"type":"start","sample_rate":16000,"format":"s16le"}  (optional: nbest, timestamps and
+          any session field of the inference settings: decoder, block_ms (a number or "full"),
+          left_blocks, beam, ctc_beam, ctc_weight, length_bonus, lm_weight, tentative_frames),
+          binary s16le frames, {"type":"end"}
 server -> {"type":"ready"}, {"type":"partial","segment":n,"text":...},
           {"type":"final","segment":n,"text":...,"words":[{"word","start","end"}]},
           {"type":"error","code":...,"message":...}; after "end": the last final, then {"type":"done"}.
@@ -20,10 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
+
+from asr.inference import InferenceConfig
 
 from .config import SAMPLE_RATE
 from .limits import ProtocolError, check_sample_rate, parse_json_object
@@ -35,14 +40,19 @@ __all__ = ["ACK_EVERY_S", "StartOptions", "parse_start", "result_message", "hand
 
 ACK_EVERY_S = 1.0  # processed audio between two progress messages when no result reported it
 
-_START_KEYS = {"type", "sample_rate", "format", "decoder", "block_ms", "nbest", "timestamps"}
+# every inference setting is accepted here, so that a server-only one (device, model, ...) gets the
+# clear error of InferenceConfig.override
+_SETTINGS = tuple(f.name for f in dataclasses.fields(InferenceConfig))
+_START_KEYS = {"type", "sample_rate", "format", "nbest", "timestamps", *_SETTINGS}
 _END_OF_OUTBOX = Delivery([], 0.0)  # put by the handler after the last real delivery
 
 
 @dataclass(frozen=True)
 class StartOptions:
-    decoder: str | None = None
-    block_ms: int | None = None
+    """A start message: the protocol's options and the inference settings it overrides (checked
+    when the stream opens, by `InferenceConfig.override`)."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)
     nbest: int = 1
     timestamps: bool = True
 
@@ -55,19 +65,13 @@ def parse_start(obj: dict[str, Any]) -> StartOptions:
     check_sample_rate(obj.get("sample_rate", 16000))
     if obj.get("format", "s16le") != "s16le":
         raise ProtocolError("bad_format", f"format must be \"s16le\", got {obj.get('format')!r}")
-    decoder = obj.get("decoder")
-    if decoder is not None and not isinstance(decoder, str):
-        raise ProtocolError("bad_option", f"decoder must be a string, got {decoder!r}")
-    block_ms = obj.get("block_ms")
-    if block_ms is not None and (isinstance(block_ms, bool) or not isinstance(block_ms, int) or block_ms <= 0):
-        raise ProtocolError("bad_option", f"block_ms must be a positive integer, got {block_ms!r}")
     nbest = obj.get("nbest", 1)
     if isinstance(nbest, bool) or not isinstance(nbest, int) or nbest < 1:
         raise ProtocolError("bad_option", f"nbest must be an integer >= 1, got {nbest!r}")
     timestamps = obj.get("timestamps", True)
     if not isinstance(timestamps, bool):
         raise ProtocolError("bad_option", f"timestamps must be true or false, got {timestamps!r}")
-    return StartOptions(decoder, block_ms, nbest, timestamps)
+    return StartOptions({k: obj[k] for k in _SETTINGS if k in obj}, nbest, timestamps)
 
 
 def result_message(result: Result, audio_s: float, timestamps: bool) -> dict[str, Any]:
@@ -144,7 +148,7 @@ async def handle(session: Session) -> None:
         if obj.get("type") != "start":
             raise ProtocolError("not_started", f"first message must be type \"start\", got {obj.get('type')!r}")
         opts = parse_start(obj)
-        stream = await session.open_stream(opts.decoder, opts.block_ms)
+        stream = await session.open_stream(opts.overrides)
         await _send(session, {"type": "ready", "sample_rate": 16000})
         pump = asyncio.create_task(_pump(session, stream, opts))
         while True:

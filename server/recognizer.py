@@ -2,11 +2,12 @@
 
 The server never imports `streaming` at module level: it is handed a *recognizer factory*.
 
-Factory contract (what `streaming.make_recognizer_factory(model_dir, decoder, block_ms)` returns):
+Factory contract (what `streaming.make_recognizer_factory(settings)` returns):
 
-- `factory(decoder: str | None = None, block_ms: int | None = None) -> Recognizer`, one per
-  stream; `None` means the factory's default. An unsupported value raises `ValueError` with a
-  readable message (sent to the client as error code `bad_option`).
+- `factory(settings: asr.inference.InferenceConfig | None = None) -> Recognizer`, one per stream;
+  the session's settings are the server's defaults (`ServerConfig.inference`) with the start
+  message's overrides applied; `None` means the factory's defaults. Settings the factory cannot
+  serve raise `ValueError` with a readable message (sent to the client as error code `bad_option`).
 - optional `factory.process_batch(items: list[tuple[Recognizer, np.ndarray]]) -> list[list[Result]]`:
   run `accept_waveform` for several streams at once (e.g. one batched encoder step); must return
   exactly what calling `rec.accept_waveform(samples)` for each item in turn would return.
@@ -22,6 +23,8 @@ from __future__ import annotations
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from asr.inference import InferenceConfig
 
 __all__ = ["Word", "Result", "Recognizer", "RecognizerFactory", "process_sequential", "result_words"]
 
@@ -51,7 +54,7 @@ class Recognizer(Protocol):
 
 
 class RecognizerFactory(Protocol):
-    def __call__(self, decoder: str | None = None, block_ms: int | None = None) -> Recognizer: ...
+    def __call__(self, settings: InferenceConfig | None = None) -> Recognizer: ...
 
 
 def process_sequential(items: list[tuple[Recognizer, np.ndarray]]) -> list[list[Result]]:

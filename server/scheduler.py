@@ -20,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 
+from asr.inference import InferenceConfig
+
 from .config import SAMPLE_RATE
 from .recognizer import Recognizer, RecognizerFactory, Result, process_sequential
 
@@ -132,10 +134,11 @@ class Scheduler:
         self._executor.shutdown(wait=True)
 
     # -- per-stream API (event loop) ---------------------------------------------------------
-    async def open(self, decoder: str | None = None, block_ms: int | None = None) -> Stream:
-        """A new stream; the recognizer is built on the model thread. Raises what the factory raises."""
+    async def open(self, settings: InferenceConfig | None = None) -> Stream:
+        """A new stream with these settings (None: the factory's defaults); the recognizer is built
+        on the model thread. Raises what the factory raises."""
         loop = asyncio.get_running_loop()
-        rec = await loop.run_in_executor(self._executor, lambda: self.factory(decoder=decoder, block_ms=block_ms))
+        rec = await loop.run_in_executor(self._executor, lambda: self.factory(settings))
         return Stream(recognizer=rec)
 
     def feed(self, stream: Stream, samples: np.ndarray) -> None:

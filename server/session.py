@@ -7,9 +7,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from websockets.asyncio.server import ServerConnection
+
+from asr.inference import SettingsError
 
 from .admission import Admission
 from .config import SAMPLE_RATE, ServerConfig
@@ -127,11 +129,14 @@ class Session:
         self.record_error("too_many_waiting", "closed: too many connections waiting to start a stream")
         asyncio.ensure_future(self.close(1013, "too many connections waiting to start a stream; try again"))
 
-    async def open_stream(self, decoder: str | None, block_ms: int | None) -> Stream:
+    async def open_stream(self, overrides: Mapping[str, Any] | None = None) -> Stream:
+        """Open the stream with the server's inference settings, ``overrides`` (a start message's
+        session fields) applied; a bad value is a `bad_option` error naming the field."""
         self._take_slot()
         try:
-            self.stream = await self.ctx.scheduler.open(decoder=decoder, block_ms=block_ms)
-        except ValueError as exc:
+            settings = self.ctx.config.inference.override(overrides or {})
+            self.stream = await self.ctx.scheduler.open(settings)
+        except (SettingsError, ValueError) as exc:
             raise ProtocolError("bad_option", str(exc)) from None
         return self.stream
 

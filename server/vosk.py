@@ -110,7 +110,7 @@ async def handle(session: Session) -> None:
                         "unknown_type", "text messages must be {\"config\": {...}} or {\"eof\" : 1}; audio is binary"
                     )
             if session.stream is None:
-                await session.open_stream(None, None)
+                await session.open_stream()  # the server's default settings
             if isinstance(message, bytes):
                 session.accept_audio(message)
                 await session.drain()

@@ -109,7 +109,7 @@ async def handle(session: Session) -> None:
             raise ProtocolError("not_started", "Start signal is expected before binary data")
         obj = _parse(message)
         opts = parse_start_signal(obj)
-        stream = await session.open_stream(None, None)
+        stream = await session.open_stream()  # the server's default settings
         await _send(session, {"status": "ok", "type": "server_ready"})
         pump = asyncio.create_task(_pump(session, stream, opts))
         while True:

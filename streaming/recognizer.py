@@ -1,9 +1,10 @@
 """One stream's recognition: audio chunks of any size in, partial and final results out.
 
 audio -> :class:`~asr.features.OnlineFbank` -> CMVN -> ``encoder.step`` (block mask, KV and conv
-caches) -> per block: CTC log-probs, the chosen block decoder, the endpointer. A segment ends on
-the endpoint rules (or at :meth:`Recognizer.finalize`); its final result carries word timestamps
-and the decoder starts afresh, so an hours-long stream keeps bounded state.
+caches) -> per block: CTC log-probs, the block decoder that the settings name
+(:func:`asr.decode.build_decoder`), the endpointer. A segment ends on the endpoint rules (or at
+:meth:`Recognizer.finalize`); its final result carries word timestamps and the decoder starts
+afresh, so an hours-long stream keeps bounded state.
 
 The results do not depend on how the audio is chunked: features, encoder blocks and every
 decision are computed on the same frames whatever the chunk sizes.
@@ -17,17 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from asr.decode import (FRAME_SECONDS, BsbsDecoder, CtcGreedyDecoder, SarGreedyDecoder, Tokens, Word,
-                        offline_decode, words_from_tokens)
-from asr.encoder import block_size_from_ms
+from asr.decode import Tokens, Word, build_decoder, words_from_tokens
+from asr.encoder import FRAME_MS
 from asr.features import OnlineFbank
+from asr.inference import InferenceConfig
 from asr.models.io import LoadedModel
 from asr.models.lm import TransformerLM
 from streaming.endpoint import EndpointConfig, Endpointer
 
-__all__ = ["DECODERS", "FLUSH_PAD_MS", "RecognizerConfig", "Result", "Recognizer", "process_batch"]
-
-DECODERS = ("ctc", "sar", "bsbs", "offline")
+__all__ = ["FLUSH_PAD_MS", "Result", "Recognizer", "decode_round", "process_batch"]
 
 # Digital silence appended at the end of the stream (finalize). Without it the last ~100-300 ms of
 # speech never reach an encoder frame in which the model can emit them: the fbank drops the last
@@ -36,40 +35,6 @@ DECODERS = ("ctc", "sar", "bsbs", "offline")
 # speech lost its last word ("OVER LOND" for "OVER LONDON", models/default); 400 ms gave the same
 # text as 1 s of appended silence on every flite clip we tried, 80-300 ms not always.
 FLUSH_PAD_MS = 400
-_SAMPLE_RATE = 16000
-
-
-@dataclass(frozen=True)
-class RecognizerConfig:
-    """Args:
-        decoder: ``ctc`` (streaming greedy CTC), ``sar`` (semi-autoregressive greedy),
-            ``bsbs`` (blockwise synchronous beam search), ``offline`` (full-context joint beam
-            search per segment; no partials).
-        block_ms: encoder block (latency); a multiple of 40 ms.
-        left_blocks: encoder left context in blocks (None = unlimited; bounded keeps memory flat).
-        beam, ctc_weight, length_bonus: beam searches (bsbs, offline).
-        ctc_beam: the ctc decoder's final result by CTC prefix beam search of this width (1 = greedy).
-        lm_weight: shallow-fusion weight of the LM given to :class:`Recognizer` (bsbs, offline).
-        tentative_frames: SAR boundary rule ``g`` (0 = naive).
-        partials: emit partial results.
-    """
-
-    decoder: str = "sar"
-    block_ms: int = 640
-    left_blocks: int | None = 4
-    beam: int = 10
-    ctc_beam: int = 1
-    ctc_weight: float = 0.3
-    length_bonus: float = 0.0
-    lm_weight: float = 0.0
-    tentative_frames: int = 2
-    partials: bool = True
-    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
-
-    def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {self.decoder!r}")
-        block_size_from_ms(self.block_ms)
 
 
 @dataclass(frozen=True)
@@ -85,141 +50,120 @@ class Result:
     end: float = 0.0
 
 
+def _seconds(frame: int) -> float:
+    return round(frame * FRAME_MS / 1000, 3)
+
+
 class Recognizer:
     """Streaming recognition of one audio stream with a loaded model (see module docstring).
 
+    The recognizer's tensors (feature buffer, encoder caches, decoder states) live on the model's
+    device and in its dtype: move the model with ``loaded.model.to(...)`` before building one.
+
     Args:
+        loaded: the model directory, loaded once and shared by every stream.
+        cfg: the inference settings (decoder, block, beams, LM weight; the model, device and
+            threads fields are for whoever loads ``loaded``).
         lm: language model for shallow fusion (weight ``cfg.lm_weight``; bsbs and offline decoders),
             on the model's device and trained with the model's tokenizer (``asr.models.lm_io.load_lm_dir``).
+        endpoint: the endpointing rules.
+        partials: emit partial results (the offline decoder has none).
     """
 
-    def __init__(self, loaded: LoadedModel, cfg: RecognizerConfig = RecognizerConfig(),
-                 lm: TransformerLM | None = None):
+    def __init__(self, loaded: LoadedModel, cfg: InferenceConfig = InferenceConfig(),
+                 lm: TransformerLM | None = None, *, endpoint: EndpointConfig = EndpointConfig(),
+                 partials: bool = True):
         self.loaded, self.cfg, self.lm = loaded, cfg, lm
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        if cfg.decoder == "sar" and self.model.sar is None:
-            raise ValueError(f"{loaded.path}: this model has no SAR decoder; use --decoder ctc")
-        if cfg.decoder == "bsbs" and self.model.decoder is None:
-            raise ValueError(f"{loaded.path}: this model has no attention decoder; use --decoder ctc or sar")
-        if cfg.lm_weight:
-            if lm is None:
-                raise ValueError("lm_weight is set but no LM was given (--lm DIR)")
-            if cfg.decoder not in ("bsbs", "offline"):
-                raise ValueError(f"LM shallow fusion works with the bsbs and offline decoders, not {cfg.decoder!r}")
-            if lm.vocab_size != loaded.tokenizer.vocab_size:
-                raise ValueError(f"the LM has {lm.vocab_size} tokens, the model's tokenizer "
-                                 f"{loaded.tokenizer.vocab_size}")
-        self.device = next(self.model.parameters()).device
-        self.block_size = block_size_from_ms(cfg.block_ms)
-        self.fbank = OnlineFbank(loaded.features).to(self.device)
-        self.state = self.model.encoder.init_state(1, self.block_size, cfg.left_blocks, self.device)
-        self.endpointer = Endpointer(cfg.endpoint)
+        if lm is not None and lm.vocab_size != loaded.tokenizer.vocab_size:
+            raise ValueError(f"the LM has {lm.vocab_size} tokens, the model's tokenizer {loaded.tokenizer.vocab_size}")
+        self.decoder = build_decoder(self.model, cfg, lm, source=str(loaded.path))
+        self.partials = partials and self.decoder.partials
+        weight = next(self.model.parameters())
+        self.device, self.dtype = weight.device, weight.dtype
+        self.block_size = cfg.block_size
+        # features in the model's dtype, but never below float32 (an FFT in half precision loses the log-mels)
+        self.fbank = OnlineFbank(loaded.features).to(self.device, torch.promote_types(self.dtype, torch.float32))
+        self.state = self.model.encoder.init_state(1, self.block_size, cfg.left_blocks, self.device, self.dtype)
+        self.endpointer = Endpointer(endpoint)
         self.segment = 0
         self.frames = 0  # encoder frames so far
         self.segment_start = 0  # encoder frame where the current segment starts
-        self.feats: list[torch.Tensor] = []  # offline decoder: features of the current segment
-        self.feat_start = 0  # feature frame of self.feats[0]
-        self.feat_frames = 0
         self.last_partial = ""
         self.finished = False
         self.samples = 0  # audio samples accepted (the stream's real length, without the flush pad)
-        self.decoder = self._new_decoder()
-
-    def _new_decoder(self):
-        c = self.cfg
-        if c.decoder == "sar":
-            return SarGreedyDecoder(self.model.sar, c.tentative_frames)
-        if c.decoder == "bsbs":
-            return BsbsDecoder(self.model, beam=c.beam, ctc_weight=c.ctc_weight, length_bonus=c.length_bonus,
-                               lm=self.lm, lm_weight=c.lm_weight)
-        if c.decoder == "ctc":
-            return CtcGreedyDecoder(c.ctc_beam)
-        return CtcGreedyDecoder()  # offline's streaming pass (endpoints)
 
     # ------------------------------------------------------------------ public
     def accept_waveform(self, samples: np.ndarray | torch.Tensor) -> list[Result]:
         """Feed 16 kHz mono float32 samples in [-1, 1]; returns new partial/final results."""
-        return self._feed(self._features(samples), final=False)
+        return self.decode(*self.step_encoder(self.encoder_input(samples)))
 
     def finalize(self) -> list[Result]:
         """End the stream: append :data:`FLUSH_PAD_MS` of silence, flush the last partial block and
         commit every tentative token; the last result is always a final. Times stay inside the audio."""
         if self.finished:
             return []
-        audio_s = round(self.samples / _SAMPLE_RATE, 3)
-        pad = self.fbank.accept(torch.zeros(_SAMPLE_RATE * FLUSH_PAD_MS // 1000, device=self.device))
-        results = self._feed(pad, final=True)
+        rate = self.loaded.features.sample_rate
+        audio_s = round(self.samples / rate, 3)
+        pad = torch.zeros(rate * FLUSH_PAD_MS // 1000)
+        results = self.decode(*self.step_encoder(self.encoder_input(pad), final=True))
         results.append(self._end_segment(always=True))
         self.finished = True
         return [_clip_times(r, audio_s) for r in results]
 
-    # ------------------------------------------------------------------ internals
-    def _features(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
+    # ------------------------------------------------------------------ the three stages of a chunk
+    # (public so that process_batch can run the middle one for many streams at once)
+    @torch.no_grad()
+    def encoder_input(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Audio -> the normalised (1, t, F) feature frames that became complete."""
         if self.finished:
             raise RuntimeError("accept_waveform after finalize: create a new Recognizer per stream")
         x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten()
         self.samples += x.numel()
-        return self.fbank.accept(x)
-
-    def _encoder_input(self, feats: torch.Tensor) -> torch.Tensor:
-        """Normalised (1, t, F) encoder input; the offline decoder also keeps the raw features."""
-        if self.cfg.decoder == "offline" and feats.shape[0]:
-            self.feats.append(feats)
-            self.feat_frames += feats.shape[0]
+        feats = self.fbank.accept(x)  # (t, F)
+        self.decoder.accept_features(feats)
         return self.model.cmvn(feats)[None]
 
     @torch.no_grad()
-    def _feed(self, feats: torch.Tensor, final: bool) -> list[Result]:
-        enc, self.state = self.model.encoder.step(self._encoder_input(feats), self.state, final=final)
-        return self._decode_blocks(enc[0], final)
+    def step_encoder(self, x: torch.Tensor, final: bool = False) -> tuple[torch.Tensor, bool]:
+        """(1, t, F) encoder input -> ``(enc (t', D), final)`` of the blocks that became complete."""
+        enc, self.state = self.model.encoder.step(x, self.state, final=final)
+        return enc[0], final
+
+    def blocks(self, enc: torch.Tensor) -> list[torch.Tensor]:
+        """New encoder frames (t, D) cut into the blocks the decoder takes one at a time."""
+        step = self.block_size or max(enc.shape[0], 1)
+        return [enc[s:s + step] for s in range(0, enc.shape[0], step)]
 
     @torch.no_grad()
-    def _decode_blocks(self, enc: torch.Tensor, final: bool) -> list[Result]:
+    def decode(self, enc: torch.Tensor, final: bool = False) -> list[Result]:
         """Run the block decoder and the endpointer over new encoder frames (t, D)."""
         results: list[Result] = []
-        step = self.block_size or max(enc.shape[0], 1)
-        for s in range(0, enc.shape[0], step):
-            block = enc[s:s + step]
-            logp = self.model.ctc_logp(block)
-            self.decoder.accept_block(block, logp)
-            self.frames += block.shape[0]
-            if self.endpointer.update(logp.argmax(-1).tolist()) and not final:
-                r = self._end_segment(always=False)
-                if r is not None:
-                    results.append(r)
-            elif self.cfg.partials and self.cfg.decoder != "offline":
-                text = self.tokenizer.decode(self.decoder.partial().ids)
-                if text != self.last_partial:
-                    self.last_partial = text
-                    results.append(Result(text, False, self.segment, start=self._seconds(self.segment_start),
-                                          end=self._seconds(self.frames)))
+        for block in self.blocks(enc):
+            results += decode_round([self], [block], final)[0]
         return results
 
-    def _seconds(self, frame: int) -> float:
-        return round(frame * FRAME_SECONDS, 3)
+    def after_block(self, ctc_logp: torch.Tensor, final: bool) -> list[Result]:
+        """After the decoder took a block (its CTC log-probs (t, V)): endpointing and the partial."""
+        self.frames += ctc_logp.shape[0]
+        if self.endpointer.update(ctc_logp.argmax(-1).tolist()) and not final:
+            r = self._end_segment(always=False)
+            return [] if r is None else [r]
+        if self.partials:
+            text = self.tokenizer.decode(self.decoder.partial().ids)
+            if text != self.last_partial:
+                self.last_partial = text
+                return [Result(text, False, self.segment, start=_seconds(self.segment_start),
+                               end=_seconds(self.frames))]
+        return []
 
-    def _segment_tokens(self) -> Tokens:
-        if self.cfg.decoder != "offline":
-            return self.decoder.finalize()
-        # the segment's encoder frames [segment_start, frames) come from feature frames 4*start .. 4*end + 3
-        feats = torch.cat(self.feats) if self.feats else torch.zeros(0, 80)
-        lo = 4 * self.segment_start - self.feat_start
-        hi = 4 * self.frames + 3 - self.feat_start
-        tokens = offline_decode(self.model, feats[max(lo, 0):hi], beam=self.cfg.beam,
-                                ctc_weight=self.cfg.ctc_weight, length_bonus=self.cfg.length_bonus,
-                                lm=self.lm, lm_weight=self.cfg.lm_weight)
-        keep_from = 4 * self.frames - self.feat_start  # the next segment's first feature frame
-        self.feats = [feats[keep_from:]]
-        self.feat_start += keep_from
-        return tokens
-
+    # ------------------------------------------------------------------ internals
     def _end_segment(self, always: bool) -> Result | None:
-        tokens = self._segment_tokens()
+        tokens: Tokens = self.decoder.finalize()
         text = self.tokenizer.decode(tokens.ids)
-        offset = self.segment_start * FRAME_SECONDS
+        offset = self.segment_start * FRAME_MS / 1000
         result = Result(text, True, self.segment, words_from_tokens(tokens, self.tokenizer, offset), tokens.ids,
-                        start=self._seconds(self.segment_start), end=self._seconds(self.frames))
-        self.decoder = self._new_decoder()
+                        start=_seconds(self.segment_start), end=_seconds(self.frames))
         self.endpointer.reset()
         self.segment_start = self.frames
         self.last_partial = ""
@@ -237,20 +181,59 @@ def _clip_times(result: Result, audio_s: float) -> Result:
     return dataclasses.replace(result, words=words, start=min(result.start, audio_s), end=audio_s)
 
 
+def _ctc_logps(model, blocks: list[torch.Tensor], batched: bool) -> list[torch.Tensor]:
+    """CTC log-probs (t_i, V) of blocks (t_i, D): one call per block length when ``batched``."""
+    if not batched or len(blocks) == 1:
+        return [model.ctc_logp(b) for b in blocks]
+    out: list[torch.Tensor | None] = [None] * len(blocks)
+    by_len: dict[int, list[int]] = {}
+    for i, b in enumerate(blocks):
+        by_len.setdefault(b.shape[0], []).append(i)
+    for members in by_len.values():
+        logp = model.ctc_logp(torch.stack([blocks[i] for i in members]))  # (B, t, V)
+        for row, i in enumerate(members):
+            out[i] = logp[row]
+    return out  # type: ignore[return-value]
+
+
 @torch.no_grad()
-def process_batch(work: list[tuple[Recognizer, np.ndarray]]) -> list[list[Result]]:
-    """``accept_waveform`` for many streams at once: the encoder steps of streams sharing a model
-    run as one batch where their states allow (:meth:`ConformerEncoder.step_batch`). Each result
-    list equals what ``rec.accept_waveform(samples)`` would have returned."""
+def decode_round(recs: list[Recognizer], blocks: list[torch.Tensor], final: bool = False,
+                 batch_decoders: bool = True) -> list[list[Result]]:
+    """The next block (t_i, D) of each stream (all of one model): CTC log-probs, the block decoders
+    (one :meth:`~asr.decode.BlockDecoder.accept_blocks` call per decoder kind when ``batch_decoders``),
+    then each stream's endpointer and partial. Each result list equals what that stream alone gives."""
+    logps = _ctc_logps(recs[0].model, blocks, batch_decoders)
+    groups: dict[object, list[int]] = {}
+    for i, rec in enumerate(recs):
+        key = (type(rec.decoder), rec.decoder.batch_key()) if batch_decoders else i
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        decoders = [recs[i].decoder for i in members]
+        type(decoders[0]).accept_blocks(decoders, [blocks[i] for i in members], [logps[i] for i in members])
+    return [rec.after_block(logp, final) for rec, logp in zip(recs, logps)]
+
+
+@torch.no_grad()
+def process_batch(work: list[tuple[Recognizer, np.ndarray]], batch_decoders: bool = True) -> list[list[Result]]:
+    """``accept_waveform`` for many streams at once. Per model: the features per stream, one
+    :meth:`ConformerEncoder.step_batch` (streams whose states allow share the conformer layers), then
+    block by block one :func:`decode_round` over every stream that has that block (``batch_decoders``:
+    one CTC and one decoder call per round; False: the decoders one stream after another). Each
+    result list equals what ``rec.accept_waveform(samples)`` would have returned."""
     results: list[list[Result]] = [[] for _ in work]
     by_model: dict[int, list[int]] = {}
     for i, (rec, _) in enumerate(work):
         by_model.setdefault(id(rec.model), []).append(i)
     for members in by_model.values():
         recs = [work[i][0] for i in members]
-        xs = [rec._encoder_input(rec._features(work[i][1])) for rec, i in zip(recs, members)]
-        outs = recs[0].model.encoder.step_batch(xs, [rec.state for rec in recs])
-        for rec, i, (enc, state) in zip(recs, members, outs):
+        xs = [rec.encoder_input(work[i][1]) for rec, i in zip(recs, members)]
+        blocks = []
+        for rec, (enc, state) in zip(recs, recs[0].model.encoder.step_batch(xs, [rec.state for rec in recs])):
             rec.state = state
-            results[i] = rec._decode_blocks(enc[0], final=False)
+            blocks.append(rec.blocks(enc[0]))
+        for k in range(max(len(b) for b in blocks)):
+            live = [j for j, b in enumerate(blocks) if k < len(b)]
+            outs = decode_round([recs[j] for j in live], [blocks[j][k] for j in live], batch_decoders=batch_decoders)
+            for j, res in zip(live, outs):
+                results[members[j]] += res
     return results

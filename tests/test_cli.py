@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from asr.cli.main import main
+from blockasr.cli import main
 
 
 def test_version_and_help(capsys):
@@ -16,7 +16,7 @@ def test_version_and_help(capsys):
 def test_prepare_kaldi_counts_errors(kaldi_dir, tmp_path):
     (kaldi_dir.parent / "audio" / "u1.wav").unlink()
     out = tmp_path / "m.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "asr.cli.main", "prepare", "kaldi", str(kaldi_dir),
+    proc = subprocess.run([sys.executable, "-m", "blockasr", "prepare", "kaldi", str(kaldi_dir),
                            str(out), "--quiet"], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "u1" in proc.stderr and "2 utterances" in proc.stderr and "1 errors" in proc.stderr

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from asr.cli.main import main as asr_main
+from blockasr.cli import main as asr_main
 from asr.encoder import EncoderConfig
 from asr.features import FbankConfig
 from asr.models import DecoderConfig, LMConfig, LMScorer, ModelConfig, SARConfig, TransformerLM, build_model
@@ -17,7 +17,8 @@ from asr.models.lm_io import init_sar_lm, load_lm_dir, save_lm_dir
 from asr.search.scorer import Memory
 from asr.tokenizer import SOS_EOS, train_tokenizer
 from asr.train.lm import LMDataConfig, LMExperimentConfig, LMOptimConfig, LMTrainer, perplexity, read_text
-from streaming import EndpointConfig, Recognizer, RecognizerConfig
+from asr.inference import InferenceConfig
+from streaming import EndpointConfig, Recognizer
 
 SENTENCES = ["HELLO WORLD", "GOOD MORNING TO YOU", "THE CAT SAT ON THE MAT", "SEVEN EIGHT NINE",
              "OPEN THE DOOR PLEASE", "WHERE IS MY BOOK"]
@@ -246,9 +247,8 @@ def joint_model_dir(corpus, tmp_path_factory):
 
 
 def _recognise(loaded, wave, decoder, lm=None, lm_weight=0.0):
-    cfg = RecognizerConfig(decoder=decoder, block_ms=320, beam=4, lm_weight=lm_weight,
-                           endpoint=EndpointConfig(None, None, None))
-    rec = Recognizer(loaded, cfg, lm=lm)
+    cfg = InferenceConfig(decoder=decoder, block_ms=320, beam=4, lm_weight=lm_weight)
+    rec = Recognizer(loaded, cfg, lm=lm, endpoint=EndpointConfig(None, None, None))
     results = []
     for s in range(0, wave.numel(), 4000):
         results += rec.accept_waveform(wave[s:s + 4000].numpy())

@@ -10,7 +10,7 @@ from asr.audio import load_audio
 from asr.data.manifest import read_manifest
 from recipes import librispeech
 from recipes.fixtures import default_source, make_librispeech, tone_source
-from recipes.text import normalize_text
+from asr.text import normalize_text
 
 
 @pytest.fixture(scope="module")

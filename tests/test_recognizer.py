@@ -10,13 +10,14 @@ import soundfile as sf
 import torch
 
 from asr.audio import load_audio, resample
-from asr.cli.main import main as asr_main
+from blockasr.cli import main as asr_main
 from asr.data import read_manifest
 from asr.encoder import block_size_from_ms
 from asr.features import Fbank
 from asr.models.io import load_model_dir
+from asr.inference import InferenceConfig
 from asr.search.ctc import ctc_greedy
-from streaming import EndpointConfig, Recognizer, RecognizerConfig
+from streaming import EndpointConfig, Recognizer
 from streaming.endpoint import Endpointer
 from streaming.recognizer import FLUSH_PAD_MS
 
@@ -35,8 +36,8 @@ def rows(tts_corpus):
     return read_manifest(tts_corpus / "all.jsonl")
 
 
-def _run(loaded, cfg, wave, sizes):
-    rec = Recognizer(loaded, cfg)
+def _run(loaded, cfg, wave, sizes, **options):
+    rec = Recognizer(loaded, cfg, **options)
     results, i = [], 0
     while i < wave.numel():
         n = next(sizes)
@@ -53,14 +54,14 @@ def _finals(results):
 def test_decoders_recognise_training_speech(loaded, rows, decoder):
     for row in rows[:3]:
         wave = load_audio(row["audio"])
-        results = _run(loaded, RecognizerConfig(decoder=decoder, block_ms=320), wave, iter(lambda: 1600, None))
+        results = _run(loaded, InferenceConfig(decoder=decoder, block_ms=320), wave, iter(lambda: 1600, None))
         assert results[-1].is_final and results[-1].text == row["text"]
 
 
 def test_ctc_prefix_beam_final(loaded, rows):
     for row in rows[:3]:
         wave = load_audio(row["audio"])
-        results = _run(loaded, RecognizerConfig(decoder="ctc", ctc_beam=4, block_ms=320), wave, iter(lambda: 4000, None))
+        results = _run(loaded, InferenceConfig(decoder="ctc", ctc_beam=4, block_ms=320), wave, iter(lambda: 4000, None))
         assert results[-1].text == row["text"]
         assert [w.word for w in results[-1].words] == row["text"].split()
 
@@ -69,7 +70,7 @@ def test_ctc_prefix_beam_final(loaded, rows):
 @pytest.mark.parametrize("block_ms", [160, 320])
 def test_chunking_invariance(loaded, rows, decoder, block_ms):
     wave = torch.cat([load_audio(r["audio"]) for r in rows[:2]])  # two sentences in one stream
-    cfg = RecognizerConfig(decoder=decoder, block_ms=block_ms)
+    cfg = InferenceConfig(decoder=decoder, block_ms=block_ms)
     whole = _run(loaded, cfg, wave, iter(lambda: wave.numel(), None))
     rng = random.Random(block_ms)
     for sizes in (iter(lambda: rng.randint(1, 4000), None), iter(lambda: 160, None)):
@@ -79,7 +80,7 @@ def test_chunking_invariance(loaded, rows, decoder, block_ms):
 
 def test_word_timestamps_are_ordered_and_inside_audio(loaded, rows):
     wave = load_audio(rows[2]["audio"])
-    final = _run(loaded, RecognizerConfig(decoder="sar", block_ms=320), wave, iter(lambda: 8000, None))[-1]
+    final = _run(loaded, InferenceConfig(decoder="sar", block_ms=320), wave, iter(lambda: 8000, None))[-1]
     assert [w.word for w in final.words] == rows[2]["text"].split()
     times = [t for w in final.words for t in (w.start, w.end)]
     assert times == sorted(times) and times[-1] <= wave.numel() / 16000 + 0.1
@@ -113,13 +114,13 @@ def test_endpointing_splits_segments(loaded):
     # checked at block ends (frames 8, 16, 24, 32, ...)
     labels = [0] * 6 + [a, a, 0, b] + [0] * 30 + [c, 0, a]
     #          speech at frames 6-9 ^            ^ blanks 10-39: 22 of them by the block end at 32
-    cfg = RecognizerConfig(decoder="ctc", block_ms=320,
-                           endpoint=EndpointConfig(trailing_blank_ms=800, max_segment_ms=None, max_silence_ms=None))
+    cfg = InferenceConfig(decoder="ctc", block_ms=320)
+    endpoint = EndpointConfig(trailing_blank_ms=800, max_segment_ms=None, max_silence_ms=None)
     wave = torch.zeros(16000 * 3)
     rng = random.Random(0)
     for sizes in (iter(lambda: 3200, None), iter(lambda: wave.numel(), None), iter(lambda: rng.randint(1, 4000), None)):
         scripted = dataclasses.replace(loaded, model=_ScriptedCtc(loaded.model, labels))
-        finals = [r for r in _run(scripted, cfg, wave, sizes) if r.is_final]
+        finals = [r for r in _run(scripted, cfg, wave, sizes, endpoint=endpoint) if r.is_final]
         spoken = [r for r in finals if r.text]
         assert [r.tokens for r in spoken] == [[a, b], [c, a]]
         assert [r.text for r in spoken] == [tok.decode([a, b]), tok.decode([c, a])]
@@ -142,8 +143,8 @@ def test_flush_equals_full_context(loaded, rows, block_ms):
     or inside a word), the streaming result equals greedy CTC over the full-context forward of the
     same audio (with the flush pad) under the same block mask, however the audio was chunked."""
     model = loaded.model
-    cfg = RecognizerConfig(decoder="ctc", block_ms=block_ms,
-                           endpoint=EndpointConfig(trailing_blank_ms=None, max_segment_ms=None, max_silence_ms=None))
+    cfg = InferenceConfig(decoder="ctc", block_ms=block_ms)
+    endpoint = EndpointConfig(trailing_blank_ms=None, max_segment_ms=None, max_silence_ms=None)
     for row in rows[:3]:
         wave = _abrupt(load_audio(row["audio"]))
         for cut in (wave.numel(), int(wave.numel() * 0.8)):
@@ -155,7 +156,7 @@ def test_flush_equals_full_context(loaded, rows, block_ms):
                 want = ctc_greedy(model.ctc_logp(enc[0])).tokens
             assert want  # something to lose
             for sizes in (iter(lambda: 1600, None), iter(lambda: 7, None), iter(lambda: cut, None)):
-                results = _run(loaded, cfg, clip, sizes)
+                results = _run(loaded, cfg, clip, sizes, endpoint=endpoint)
                 assert [r.is_final for r in results].count(True) == 1
                 assert results[-1].tokens == want
                 assert results[-1].end == round(cut / 16000, 3) >= results[-1].words[-1].end
@@ -165,7 +166,7 @@ def test_flush_equals_full_context(loaded, rows, block_ms):
 def test_abrupt_end_keeps_the_last_word(loaded, rows, decoder):
     """A clip that stops right after the speech gets the text it gets with 1 s of silence appended
     (both runs of the same model: no fixed words)."""
-    cfg = RecognizerConfig(decoder=decoder, block_ms=320)
+    cfg = InferenceConfig(decoder=decoder, block_ms=320)
     for row in rows[:3]:
         wave = _abrupt(load_audio(row["audio"]))
         texts = []
@@ -185,10 +186,10 @@ def test_endpointer_rules():
 
 
 def test_bad_config_is_clear(loaded):
-    with pytest.raises(ValueError, match="decoder must be one of"):
-        RecognizerConfig(decoder="beam")
-    with pytest.raises(ValueError, match="multiple of 40"):
-        RecognizerConfig(block_ms=100)
+    with pytest.raises(ValueError, match="decoder: expected one of ctc, sar, bsbs, offline, got 'beam'"):
+        InferenceConfig(decoder="beam")
+    with pytest.raises(ValueError, match="block_ms: expected a positive multiple of 40 ms"):
+        InferenceConfig(block_ms=100)
 
 
 def test_transcribe_cli(tiny_model_dir, loaded, rows, tmp_path, capsys):
@@ -198,7 +199,7 @@ def test_transcribe_cli(tiny_model_dir, loaded, rows, tmp_path, capsys):
     a, b = load_audio(rows[0]["audio"]), load_audio(rows[1]["audio"])
     quiet = SILENCE_LEVEL * torch.randn(24000, generator=torch.Generator().manual_seed(0))
     sf.write(wav, resample(torch.cat([a, quiet, b]), 16000, 44100).numpy(), 44100)
-    cfg = RecognizerConfig(decoder="sar", block_ms=320)
+    cfg = InferenceConfig(decoder="sar", block_ms=320)
     expected = [r for r in _run(loaded, cfg, load_audio(wav), iter(lambda: 16000, None)) if r.is_final and r.text]
     assert len(expected) == 2  # an endpoint in the pause
     assert asr_main(["transcribe", str(wav), "--model", str(tiny_model_dir), "--format", "json", "--block-ms", "320"]) == 0
@@ -228,7 +229,7 @@ def test_process_batch_equals_one_by_one(loaded, rows):
     """The server's batching hook: several streams stepped together give each stream's own results."""
     from streaming import process_batch
 
-    cfg = RecognizerConfig(decoder="sar", block_ms=320)
+    cfg = InferenceConfig(decoder="sar", block_ms=320)
     waves = [load_audio(r["audio"]).numpy() for r in rows[:4]]
     alone = [Recognizer(loaded, cfg) for _ in waves]
     together = [Recognizer(loaded, cfg) for _ in waves]

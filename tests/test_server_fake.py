@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 import pytest
 
+from asr.inference import InferenceConfig
 from server.app import AsrServer, serve
 from server.config import ServerConfig
 
@@ -102,21 +103,21 @@ class FakeRecognizer:
 
 
 class FakeFactory:
-    """`factory(decoder=None, block_ms=None) -> FakeRecognizer`; counts what it made."""
+    """`factory(settings=None) -> FakeRecognizer`; keeps what it made and the settings asked for."""
 
-    decoders = ("fake", "sar", "ctc")
+    decoders = ("sar", "ctc")
 
     def __init__(self, fail_on_peak: float | None = None) -> None:
         self.fail_on_peak = fail_on_peak
         self.made: list[FakeRecognizer] = []
+        self.settings: list[InferenceConfig | None] = []
 
-    def __call__(self, decoder: str | None = None, block_ms: int | None = None) -> FakeRecognizer:
-        if decoder is not None and decoder not in self.decoders:
-            raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(self.decoders)}")
-        if block_ms is not None and block_ms % 40:
-            raise ValueError(f"block_ms must be a multiple of 40, got {block_ms}")
+    def __call__(self, settings: InferenceConfig | None = None) -> FakeRecognizer:
+        if settings is not None and settings.decoder not in self.decoders:
+            raise ValueError(f"the fake has no {settings.decoder!r} decoder; choose one of {', '.join(self.decoders)}")
         rec = FakeRecognizer(self.fail_on_peak)
         self.made.append(rec)
+        self.settings.append(settings)
         return rec
 
 
@@ -191,7 +192,7 @@ class FakeClock:
 
 @contextlib.asynccontextmanager
 async def running(factory: Any = None, clock: FakeClock | None = None, **overrides: Any) -> AsyncIterator[AsrServer]:
-    config = ServerConfig(port=0, model_name="fake", decoder="fake", block_ms=640, **overrides)
+    config = ServerConfig(port=0, model_name="fake", inference=InferenceConfig(decoder="sar", block_ms=640), **overrides)
     async with serve(config, factory or FakeFactory(), clock.sleep if clock else asyncio.sleep) as server:
         yield server
 
@@ -219,7 +220,5 @@ def test_fake_is_chunking_invariant(seed: int) -> None:
 
 
 def test_fake_factory_rejects_bad_options() -> None:
-    with pytest.raises(ValueError, match="unknown decoder"):
-        FakeFactory()(decoder="nope")
-    with pytest.raises(ValueError, match="multiple of 40"):
-        FakeFactory()(block_ms=100)
+    with pytest.raises(ValueError, match="the fake has no 'bsbs' decoder"):
+        FakeFactory()(InferenceConfig(decoder="bsbs"))

@@ -44,7 +44,7 @@ def test_pages_and_healthz() -> None:
     assert worklet[0] == 200 and "javascript" in worklet[1] and "registerProcessor" in worklet[2]
     assert health[0] == 200 and health[1] == "application/json"
     info = json.loads(health[2])
-    assert info["status"] == "ok" and info["model"] == "fake" and info["decoder"] == "fake"
+    assert info["status"] == "ok" and info["model"] == "fake" and info["decoder"] == "sar" and info["block_ms"] == 640
     assert info["sessions"] == 0 and info["waiting"] == 0 and info["uptime_s"] >= 0
     assert missing[0] == 404
 
@@ -109,7 +109,7 @@ def test_cli_parsers_and_config() -> None:
     )
     config = config_from_args(args)
     assert (config.host, config.port, config.max_sessions, config.token) == ("127.0.0.1", 8765, 3, "t")
-    assert config.allowed_origins == ("http://a",) and config.block_ms == 320
+    assert config.allowed_origins == ("http://a",) and config.inference.block_ms == 320
     with pytest.raises(SystemExit):
         config_from_args(build_serve_parser().parse_args(["--model", "m", "--certfile", "c.pem"]))
     stream = build_stream_parser().parse_args(["a.wav", "--realtime", "--chunk-ms", "200"])

@@ -67,7 +67,11 @@ NATIVE_CASES = [
     ("bad_message", [json.dumps({"type": "start", "colour": "red"})], 1003),
     ("bad_option", [json.dumps({"type": "start", "decoder": "nope"})], 1003),
     ("bad_option", [json.dumps({"type": "start", "block_ms": -5})], 1003),
-    ("bad_option", [json.dumps({"type": "start", "block_ms": 100})], 1003),  # the factory refuses it
+    ("bad_option", [json.dumps({"type": "start", "block_ms": 100})], 1003),  # not a multiple of 40
+    ("bad_option", [json.dumps({"type": "start", "beam": 0})], 1003),
+    ("bad_option", [json.dumps({"type": "start", "left_blocks": "many"})], 1003),
+    ("bad_option", [json.dumps({"type": "start", "decoder": "bsbs"})], 1003),  # valid, but the fake refuses it
+    ("bad_option", [json.dumps({"type": "start", "device": "cuda"})], 1003),  # the server's, not the session's
     ("bad_option", [json.dumps({"type": "start", "nbest": "two"})], 1003),
     ("frame_too_large", [START, b"\x00" * 4098], 1009),
     ("bad_audio", [START, b"\x00" * 3], 1003),

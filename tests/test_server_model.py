@@ -18,7 +18,7 @@ from test_server_fake import random_frames, run  # noqa: E402
 from test_server_protocols import _vosk_session, _wenet_session  # noqa: E402
 
 from asr.audio import load_audio  # noqa: E402
-from asr.cli.main import main as asr_main  # noqa: E402
+from blockasr.cli import main as asr_main  # noqa: E402
 from asr.data import read_manifest  # noqa: E402
 from server import ServerConfig, serve  # noqa: E402
 from server.client import astream_frames  # noqa: E402
@@ -43,8 +43,8 @@ def test_every_protocol_equals_transcribe(tiny_model_dir, speech, capsys, decode
                      "--block-ms", "320", "--format", "json"]) == 0
     expected = json.loads(capsys.readouterr().out)["text"]
     assert expected  # the tiny model recognises this speech
-    factory = make_recognizer_factory(tiny_model_dir, decoder, 320)
-    config = ServerConfig(port=0, model_name="tiny", decoder=decoder, block_ms=320)
+    factory = make_recognizer_factory(tiny_model_dir, decoder=decoder, block_ms=320)
+    config = ServerConfig(port=0, model_name="tiny", inference=factory.settings)
     frames = random_frames(pcm, seed=7)
 
     async def main():
@@ -58,3 +58,25 @@ def test_every_protocol_equals_transcribe(tiny_model_dir, speech, capsys, decode
     finals = [json.loads(m["nbest"])[0]["sentence"] for m in wenet if m.get("type") == "final_result"]
     for got in (native.text, " ".join(t for t in vosk if t), " ".join(t for t in finals if t)):
         assert got == expected
+
+
+@pytest.mark.parametrize("settings", [
+    {"decoder": "bsbs", "beam": 3, "block_ms": 160, "left_blocks": 2},
+    {"decoder": "sar", "block_ms": "full"},
+])
+def test_session_settings_equal_transcribe(tiny_model_dir, speech, capsys, settings):
+    """A native session that sets left_blocks, beam or block_ms gets the text `asr transcribe` gives
+    with the same flags; the server's defaults are something else."""
+    path, pcm = speech
+    flags = [x for k, v in settings.items() for x in ("--" + k.replace("_", "-"), str(v))]
+    assert asr_main(["transcribe", str(path), "--model", str(tiny_model_dir), "--format", "json", *flags]) == 0
+    expected = json.loads(capsys.readouterr().out)["text"]
+    assert expected
+    factory = make_recognizer_factory(tiny_model_dir, decoder="ctc", block_ms=640)
+    config = ServerConfig(port=0, model_name="tiny", inference=factory.settings)
+
+    async def main():
+        async with serve(config, factory) as server:
+            return await astream_frames(server.url + "/asr", random_frames(pcm, seed=3), start=settings)
+
+    assert run(main()).text == expected

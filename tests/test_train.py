@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from asr.cli.main import main as asr_main
+from blockasr.cli import main as asr_main
 from asr.models.io import load_model_dir
 from asr.tokenizer import train_tokenizer
 from asr.train import Trainer, list_checkpoints, load_experiment
@@ -178,7 +178,7 @@ def test_data_parallel_two_processes(experiment, tmp_path):
     exp = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "asr.cli.main", "train", "--config", str(experiment), "--out", str(exp),
+           "-m", "blockasr", "train", "--config", str(experiment), "--out", str(exp),
            "--device", "cpu", "--no-progress", "--max-steps", "4", "--max-seconds", "600"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

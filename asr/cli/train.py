@@ -2,7 +2,7 @@
 
 Examples:
   asr train --config egs/mini/conf/sar.yaml --out exp/mini_sar
-  torchrun --nproc-per-node 2 -m asr.cli.main train --config C --out D      # data parallel
+  torchrun --nproc-per-node 2 -m blockasr train --config C --out D      # data parallel
   asr train --config C --out D --max-seconds 3600    # stop cleanly after an hour; run again to go on
 """
 

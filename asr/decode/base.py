@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
-
+from typing import Hashable, Sequence
 import torch
 
+from asr.encoder.conformer import FRAME_MS
 from asr.tokenizer import Tokenizer
 
-__all__ = ["Tokens", "Word", "BlockDecoder", "words_from_tokens", "FRAME_SECONDS"]
-
-FRAME_SECONDS = 0.04  # one encoder frame
+__all__ = ["Tokens", "Word", "BlockDecoder", "words_from_tokens"]
 
 
 @dataclass(frozen=True)
@@ -32,17 +30,42 @@ class Word:
     end: float
 
 
-class BlockDecoder(Protocol):
-    """A streaming decoder fed one encoder block at a time (one object per segment)."""
+class BlockDecoder:
+    """A decoder fed one encoder block at a time, one object per stream.
+
+    ``finalize()`` ends the current segment (an endpoint or the end of the stream) and leaves the
+    decoder ready for the next one. Subclasses implement ``accept_block``, ``partial``, ``finalize``;
+    ``accept_features`` is for decoders that re-read the raw features (the offline one).
+    """
+
+    partials = True  # False: partial() is always empty, the recognizer sends no partial results
+
+    def accept_features(self, feats: torch.Tensor) -> None:
+        """Raw fbank frames (t, F) of the stream as they arrive, before the encoder sees them."""
 
     def accept_block(self, enc: torch.Tensor, ctc_logp: torch.Tensor) -> None:
         """enc (t, D) and ctc_logp (t, V) of the next frames of the segment."""
+        raise NotImplementedError
 
     def partial(self) -> Tokens:
         """The current best tokens (may change later)."""
+        raise NotImplementedError
 
     def finalize(self) -> Tokens:
-        """The final tokens once the segment has ended."""
+        """The segment's final tokens; the decoder then starts the next segment afresh."""
+        raise NotImplementedError
+
+    def batch_key(self) -> Hashable:
+        """Decoders with equal keys (and class) take their blocks in one :meth:`accept_blocks` call."""
+        return id(self)
+
+    @staticmethod
+    def accept_blocks(decoders: Sequence["BlockDecoder"], encs: Sequence[torch.Tensor],
+                      ctc_logps: Sequence[torch.Tensor]) -> None:
+        """``accept_block`` for several streams at once (the next block of each); equals calling
+        each decoder's ``accept_block`` in turn. Batched decoders override it."""
+        for decoder, enc, logp in zip(decoders, encs, ctc_logps):
+            decoder.accept_block(enc, logp)
 
 
 def words_from_tokens(tokens: Tokens, tokenizer: Tokenizer, offset_seconds: float = 0.0) -> list[Word]:
@@ -58,6 +81,6 @@ def words_from_tokens(tokens: Tokens, tokenizer: Tokenizer, offset_seconds: floa
     for ids, frames in groups:
         text = tokenizer.decode(ids)
         if text:
-            words.append(Word(text, round(offset_seconds + frames[0] * FRAME_SECONDS, 3),
-                              round(offset_seconds + (frames[-1] + 1) * FRAME_SECONDS, 3)))
+            words.append(Word(text, round(offset_seconds + frames[0] * FRAME_MS / 1000, 3),
+                              round(offset_seconds + (frames[-1] + 1) * FRAME_MS / 1000, 3)))
     return words

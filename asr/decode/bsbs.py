@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from asr.decode.base import Tokens
+from asr.decode.base import BlockDecoder, Tokens
 from asr.models.decoder import DecoderScorer
 from asr.models.lm import LMScorer, TransformerLM
 from asr.search import BlockwiseBeamSearch, BsbsConfig, CTCPrefixScorer, ctc_forced_align
@@ -38,16 +38,19 @@ def aligned_tokens(ids: list[int], ctc_logp: torch.Tensor) -> Tokens:
     return Tokens(list(ids), frames)
 
 
-class BsbsDecoder:
+class BsbsDecoder(BlockDecoder):
     """Streaming joint decoding with :class:`BlockwiseBeamSearch`; partials are the best hypothesis."""
 
     def __init__(self, model, beam: int = 10, ctc_weight: float = 0.3, length_bonus: float = 0.0,
                  lm: TransformerLM | None = None, lm_weight: float = 0.0, repetition_test: bool = True,
                  backoff: bool = True):
-        scorers, weights = joint_scorers(model, ctc_weight, lm, lm_weight, length_bonus)
-        self.search = BlockwiseBeamSearch(scorers, weights, BsbsConfig(
-            beam_size=beam, repetition_test=repetition_test, backoff=backoff))
-        self.ctc = []
+        self.scorers, self.weights = joint_scorers(model, ctc_weight, lm, lm_weight, length_bonus)
+        self.search_cfg = BsbsConfig(beam_size=beam, repetition_test=repetition_test, backoff=backoff)
+        self._start_segment()
+
+    def _start_segment(self) -> None:
+        self.search = BlockwiseBeamSearch(self.scorers, self.weights, self.search_cfg)
+        self.ctc: list[torch.Tensor] = []
         self.best = Hypothesis(tokens=[], score=0.0)
 
     @torch.no_grad()
@@ -62,6 +65,6 @@ class BsbsDecoder:
     @torch.no_grad()
     def finalize(self) -> Tokens:
         nbest = self.search.finalize()
-        if not nbest:
-            return Tokens()
-        return aligned_tokens(nbest[0].tokens, torch.cat(self.ctc))
+        tokens = aligned_tokens(nbest[0].tokens, torch.cat(self.ctc)) if nbest else Tokens()
+        self._start_segment()
+        return tokens

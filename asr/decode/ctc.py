@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import torch
 
-from asr.decode.base import Tokens
+from asr.decode.base import BlockDecoder, Tokens
 from asr.search.ctc import CtcGreedyState, ctc_greedy_step, ctc_prefix_beam_search
 
 __all__ = ["CtcGreedyDecoder"]
 
 
-class CtcGreedyDecoder:
+class CtcGreedyDecoder(BlockDecoder):
     """Best-path CTC over the blocks of a segment; a label run crossing a block boundary is one token."""
 
     def __init__(self, beam: int = 1) -> None:
         self.beam = beam
+        self._start_segment()
+
+    def _start_segment(self) -> None:
         self.state = CtcGreedyState()
         self.tokens = Tokens()
         self.logp: list[torch.Tensor] = []  # kept for the final prefix beam search (beam > 1)
@@ -26,14 +29,19 @@ class CtcGreedyDecoder:
         if self.beam > 1:
             self.logp.append(ctc_logp)
 
+    def batch_key(self) -> object:
+        return "ctc"  # the greedy step is per stream; the recognizer batches the CTC log-probs
+
     def partial(self) -> Tokens:
         return self.tokens
 
     def finalize(self) -> Tokens:
-        if self.beam <= 1 or not self.logp:
-            return self.tokens
-        from asr.decode.bsbs import aligned_tokens
+        tokens = self.tokens
+        if self.beam > 1 and self.logp:
+            from asr.decode.bsbs import aligned_tokens
 
-        logp = torch.cat(self.logp)
-        nbest = ctc_prefix_beam_search(logp, self.beam)
-        return aligned_tokens(nbest[0].tokens if nbest else [], logp)
+            logp = torch.cat(self.logp)
+            nbest = ctc_prefix_beam_search(logp, self.beam)
+            tokens = aligned_tokens(nbest[0].tokens if nbest else [], logp)
+        self._start_segment()
+        return tokens

@@ -10,17 +10,21 @@ frames together with its own. ``g = 0`` is the naive baseline.
 
 from __future__ import annotations
 
-import torch
+from typing import Sequence
 
-from asr.decode.base import Tokens
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from asr.attention import combine_with_padding, padding_mask
+from asr.decode.base import BlockDecoder, Tokens
 from asr.models.sar import SARDecoder
 from asr.search.ctc import CtcGreedyState, ctc_greedy_step
 from asr.tokenizer import SOS_EOS
 
-__all__ = ["SarGreedyDecoder"]
+__all__ = ["SarGreedyDecoder", "fuse_windows"]
 
 
-class SarGreedyDecoder:
+class SarGreedyDecoder(BlockDecoder):
     """Args:
         sar: the model's :class:`SARDecoder`.
         tentative_frames: ``g``, frames at the end of each window whose tokens stay tentative.
@@ -31,6 +35,10 @@ class SarGreedyDecoder:
             raise ValueError(f"tentative_frames must be >= 0, got {tentative_frames}")
         self.sar = sar
         self.g = tentative_frames
+        self._start_segment()
+
+    def _start_segment(self) -> None:
+        sar = self.sar
         device = sar.out.weight.device
         self.caches = sar.lm.empty_caches(1, device)
         h, self.caches = sar.lm.step(torch.tensor([SOS_EOS], device=device), self.caches)
@@ -39,13 +47,13 @@ class SarGreedyDecoder:
         self.tentative = Tokens()
         self.carry_enc = None  # (g', D) encoder frames re-decoded with the next block
         self.state = CtcGreedyState()  # greedy state at the end of the committed frames
-        self.frames_done = 0  # frames before the carried tail
 
-    @torch.no_grad()
-    def _decode_window(self, enc: torch.Tensor, final: bool) -> None:
-        window = enc if self.carry_enc is None else torch.cat([self.carry_enc, enc])
-        states = torch.cat(self.lm_states)[None]  # (1, n + 1, Dl)
-        logits = self.sar.fuse(window[None], None, states, None)[0]  # (W, V)
+    def _window(self, enc: torch.Tensor) -> torch.Tensor:
+        """The frames to decode: the carried tentative tail of the previous block, then ``enc``."""
+        return enc if self.carry_enc is None else torch.cat([self.carry_enc, enc])
+
+    def _commit(self, window: torch.Tensor, logits: torch.Tensor, final: bool) -> None:
+        """Greedy CTC over the window's fused logits (W, V): commit the head, keep the last g frames tentative."""
         keep = 0 if final else min(self.g, window.shape[0])
         cut = window.shape[0] - keep
         head, head_state = ctc_greedy_step(logits[:cut], self.state)
@@ -58,15 +66,60 @@ class SarGreedyDecoder:
         self.state = head_state
         self.carry_enc = window[cut:] if keep else None
 
+    def batch_key(self) -> object:
+        return ("sar", id(self.sar))  # streams of one SAR decoder share its fusion call
+
     def accept_block(self, enc: torch.Tensor, ctc_logp: torch.Tensor) -> None:
-        if enc.shape[0]:
-            self._decode_window(enc, final=False)
+        self.accept_blocks([self], [enc], [ctc_logp])
+
+    @staticmethod
+    @torch.no_grad()
+    def accept_blocks(decoders: Sequence["SarGreedyDecoder"], encs: Sequence[torch.Tensor],
+                      ctc_logps: Sequence[torch.Tensor]) -> None:
+        """``accept_block`` for many streams of one SAR decoder: one fusion call over every stream's
+        window and LM context (padded, with masks); the LM steps of committed tokens stay per stream."""
+        live = [(d, d._window(e)) for d, e in zip(decoders, encs) if e.shape[0]]
+        if not live:
+            return
+        logits = fuse_windows(live[0][0].sar, [w for _, w in live], [torch.cat(d.lm_states) for d, _ in live])
+        for (d, window), lg in zip(live, logits):
+            d._commit(window, lg, final=False)
 
     def partial(self) -> Tokens:
         return self.committed + self.tentative
 
+    @torch.no_grad()
     def finalize(self) -> Tokens:
         if self.carry_enc is not None:
-            self._decode_window(self.carry_enc[:0], final=True)
-        self.tentative = Tokens()
-        return self.committed
+            window = self.carry_enc
+            self._commit(window, fuse_windows(self.sar, [window], [torch.cat(self.lm_states)])[0], final=True)
+        tokens = self.committed
+        self._start_segment()
+        return tokens
+
+
+def fuse_windows(sar: SARDecoder, windows: Sequence[torch.Tensor],
+                 states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The SAR fusion over several streams' windows at once.
+
+    Args:
+        windows: (W_i, D) encoder frames per stream. states: (S_i, Dl) LM states ``s_0 .. s_n`` per stream.
+    Returns:
+        fused logits (W_i, V) per stream. Windows and contexts of different lengths are padded;
+        padded keys and LM states are masked, so each equals ``sar.fuse`` of that stream alone.
+    """
+    if len(windows) == 1:
+        return [sar.fuse(windows[0][None], None, states[0][None], None)[0]]
+    w_lens = torch.tensor([w.shape[0] for w in windows], device=windows[0].device)
+    s_lens = torch.tensor([s.shape[0] for s in states], device=windows[0].device)
+    x = pad_sequence(list(windows), batch_first=True)  # (B, W, D)
+    memory = pad_sequence(list(states), batch_first=True)  # (B, S, Dl)
+    W, S = x.shape[1], memory.shape[1]
+    self_mask = cross_mask = None
+    if bool((w_lens != W).any()):
+        valid = padding_mask(w_lens, W)  # (B, W)
+        self_mask = combine_with_padding(None, valid, valid)  # (B, 1, W, W)
+    if bool((s_lens != S).any()):
+        cross_mask = padding_mask(s_lens, S)[:, None, None, :].expand(-1, 1, W, S)  # (B, 1, W, S)
+    logits = sar.fuse(x, self_mask, memory, cross_mask)  # (B, W, V)
+    return [logits[i, : int(n)] for i, n in enumerate(w_lens)]

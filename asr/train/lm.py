@@ -29,7 +29,7 @@ from asr.tokenizer import Tokenizer
 from asr.train.checkpoint import latest_checkpoint, prune, save_atomic
 from asr.train.logs import CsvLog
 from asr.train.optim import adamw_with_warmup
-from recipes.text import normalize_text  # the corpora's transcript convention
+from asr.text import normalize_text  # the corpora's transcript convention
 
 __all__ = ["LMDataConfig", "LMOptimConfig", "LMExperimentConfig", "load_lm_experiment", "read_text",
            "collate_tokens", "perplexity", "LMTrainer"]

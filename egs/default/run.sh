@@ -69,7 +69,7 @@ main() {
       "${launch[@]}" local/train_timed.py --config "conf/$model.yaml" --out "$out" --seconds "$train_seconds" \
         ${init:+--init "$init"}
     else
-      "${launch[@]}" -m asr.cli.main train --config "conf/$model.yaml" --out "$out" --no-progress
+      "${launch[@]}" -m blockasr train --config "conf/$model.yaml" --out "$out" --no-progress
     fi
   fi
   if in_stages 3; then

@@ -54,7 +54,7 @@ for spec in $decoders; do
 done
 decode_one() {
   read -r decoder block g data dir <<< "$1"
-  OMP_NUM_THREADS=1 "$python" -m asr.cli.main decode --model "$model" --data "$data" --decoder "$decoder" \
+  OMP_NUM_THREADS=1 "$python" -m blockasr decode --model "$model" --data "$data" --decoder "$decoder" \
     --block-ms "$block" --tentative-frames "$g" --threads 1 --max-utts "$max_utts" --out "$dir" --quiet \
     | tail -1 | sed "s|^|$decoder $block g=$g $(basename "$dir"): |"
 }

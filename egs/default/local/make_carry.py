@@ -129,7 +129,7 @@ def main() -> int:
         print(f"{path}: {path.stat().st_size / 1e6:.1f} MB", file=sys.stderr)
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from recipes.text import normalize_text
+    from asr.text import normalize_text
 
     lines = []
     for i, line in enumerate((Path(args.text) / "brown.txt").read_text().splitlines()):

@@ -124,7 +124,7 @@ def synthesise(args: argparse.Namespace, data: Path) -> None:
 
 
 def _kaldi_manifest(src: Path, out: Path, jobs: int) -> list[dict]:
-    subprocess.run([sys.executable, "-m", "asr.cli.main", "prepare", "kaldi", str(src), str(out),
+    subprocess.run([sys.executable, "-m", "blockasr", "prepare", "kaldi", str(src), str(out),
                     "--workers", str(jobs), "--quiet"], check=True, cwd=ROOT)
     return read_manifest(out)
 

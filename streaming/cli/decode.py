@@ -1,8 +1,9 @@
 """Decode a data set and score it: hypotheses, per-utterance errors, WER, real-time factor and
 final-result latency. The last line printed is one JSON object with the numbers and the settings.
 
-Audio is fed in 100 ms chunks as a live client would send it. Final-result latency is the compute
-time from the arrival of the last chunk to the final result. RTF is total compute / audio duration.
+Audio is fed through the recognizer (the same one as ``asr transcribe`` and ``asr serve``) in 100 ms
+chunks, as a live client would send it. Final-result latency is the compute time from the arrival
+of the last chunk to the final result. RTF is total compute / audio duration.
 
 Examples:
   asr decode --data ../shared/corpora/speechocean762/dev --decoder sar --out exp/dec/sar
@@ -17,18 +18,20 @@ import sys
 import time
 from pathlib import Path
 
-from asr.cli.transcribe import add_decoding_arguments, lm_weight, load, load_lm, recognizer_config
+from asr.inference import add_inference_arguments
+
+__all__ = ["add_arguments", "run"]
 
 CHUNK_SECONDS = 0.1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="Kaldi data dir or JSONL manifest")
-    add_decoding_arguments(p)
     p.add_argument("--out", required=True, help="output folder (hyp.txt, ref.txt, errors.txt, summary.json)")
     p.add_argument("--max-utts", type=int, default=None, help="decode only the first N utterances (sorted by id)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.epilog = "--block-ms full (offline decoder only): one full-context pass per utterance, no streaming."
+    add_inference_arguments(p)
+    p.epilog = "--block-ms full: the whole utterance is one block (full-context encoder), decoded at its end."
 
 
 def _rows(data: str) -> list[dict]:
@@ -57,25 +60,19 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from asr.audio import AudioError, load_audio
-    from asr.decode import offline_decode
-    from asr.features import Fbank
+    from asr.inference import inference_config_from_args, load_inference
     from streaming import Recognizer
 
-    full = args.block_ms == "full"
-    if full and args.decoder != "offline":
-        raise ValueError("--block-ms full works with --decoder offline only (streaming needs a block)")
-    loaded = load(args)
-    cfg = None if full else recognizer_config(args)
-    lm, weight = load_lm(args, loaded), lm_weight(args)
+    cfg = inference_config_from_args(args)
+    loaded, lm = load_inference(cfg)
     rows = sorted(_rows(args.data), key=lambda r: r["id"])[: args.max_utts]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fbank = Fbank(loaded.features)
     refs, hyps, ids, latencies = [], [], [], []
     compute = audio = 0.0
     errors = 0
     chunk = int(CHUNK_SECONDS * loaded.features.sample_rate)
-    for row in tqdm(rows, desc=f"decode {args.decoder}", unit="utt", disable=args.quiet, file=sys.stderr):
+    for row in tqdm(rows, desc=f"decode {cfg.decoder}", unit="utt", disable=args.quiet, file=sys.stderr):
         try:
             wave = load_audio(row["audio"], row.get("start"), row.get("end"))
         except AudioError as e:
@@ -83,21 +80,14 @@ def run(args: argparse.Namespace) -> int:
             errors += 1
             continue
         t0 = time.perf_counter()
-        if full:
-            with torch.no_grad():
-                feats, _ = fbank(wave[None], torch.tensor([wave.numel()]))
-                tokens = offline_decode(loaded.model, feats[0], args.beam, args.ctc_weight, lm=lm, lm_weight=weight)
-                text = loaded.tokenizer.decode(tokens.ids)
-            t_last = t0
-        else:
-            rec = Recognizer(loaded, cfg, lm=lm)
-            finals = []
-            last = max(0, (wave.numel() - 1) // chunk * chunk)
-            for s in range(0, last, chunk):
-                finals += [r for r in rec.accept_waveform(wave[s:s + chunk].numpy()) if r.is_final]
-            t_last = time.perf_counter()
-            finals += [r for r in rec.accept_waveform(wave[last:].numpy()) + rec.finalize() if r.is_final]
-            text = " ".join(r.text for r in finals if r.text)
+        rec = Recognizer(loaded, cfg, lm=lm)
+        finals = []
+        last = max(0, (wave.numel() - 1) // chunk * chunk)
+        for s in range(0, last, chunk):
+            finals += [r for r in rec.accept_waveform(wave[s:s + chunk].numpy()) if r.is_final]
+        t_last = time.perf_counter()
+        finals += [r for r in rec.accept_waveform(wave[last:].numpy()) + rec.finalize() if r.is_final]
+        text = " ".join(r.text for r in finals if r.text)
         t1 = time.perf_counter()
         latencies.append(1000 * (t1 - t_last))
         compute += t1 - t0
@@ -121,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
         "insertions": scored.insertions if scored else 0, "utterances": len(ids), "unreadable": errors,
         "audio_seconds": round(audio, 1), "rtf": round(compute / max(audio, 1e-9), 4),
         "latency_ms_p50": round(_percentile(latencies, 0.5), 1), "latency_ms_p90": round(_percentile(latencies, 0.9), 1),
-        "decoder": args.decoder, "block_ms": args.block_ms, "left_blocks": args.left_blocks, "beam": args.beam,
-        "ctc_weight": args.ctc_weight, "lm": args.lm, "lm_weight": weight,
-        "tentative_frames": args.tentative_frames, "threads": args.threads,
+        "decoder": cfg.decoder, "block_ms": "full" if cfg.block_ms is None else cfg.block_ms,
+        "left_blocks": cfg.left_blocks, "beam": cfg.beam, "ctc_weight": cfg.ctc_weight, "lm": cfg.lm,
+        "lm_weight": cfg.lm_weight, "tentative_frames": cfg.tentative_frames, "threads": torch.get_num_threads(),
         "model": str(loaded.path), "data": args.data,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -10,15 +10,18 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+
+from recipes import fixtures, librispeech, tedlium, tts
+
+__all__ = ["add_arguments", "run"]
 
 # corpus -> (module with add_arguments/run, help)
 _RECIPES = {
-    "librispeech": ("recipes.librispeech", "LibriSpeech upstream layout (flac + trans.txt), every subset found"),
-    "tedlium": ("recipes.tedlium", "TED-LIUM release 2 or 3 (sph + stm), segments cut by stm times"),
-    "tts": ("recipes.tts", "synthesise a Kaldi dir of speech with the installed Debian TTS voices"),
-    "fixtures": ("recipes.fixtures", "tiny LibriSpeech / TED-LIUM corpora in the upstream layouts (tests)"),
+    "librispeech": (librispeech, "LibriSpeech upstream layout (flac + trans.txt), every subset found"),
+    "tedlium": (tedlium, "TED-LIUM release 2 or 3 (sph + stm), segments cut by stm times"),
+    "tts": (tts, "synthesise a Kaldi dir of speech with the installed Debian TTS voices"),
+    "fixtures": (fixtures, "tiny LibriSpeech / TED-LIUM corpora in the upstream layouts (tests)"),
 }
 
 
@@ -29,15 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("out", help="output manifest (.jsonl)")
     k.add_argument("--workers", type=int, default=4, help="threads probing audio files (default 4)")
     k.add_argument("--quiet", action="store_true", help="no progress bar")
-    for name, (module_name, help_text) in _RECIPES.items():
-        module = importlib.import_module(module_name)
+    for name, (module, help_text) in _RECIPES.items():
         module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__,
                                             formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def run(args: argparse.Namespace) -> int:
     if args.corpus in _RECIPES:
-        return int(importlib.import_module(_RECIPES[args.corpus][0]).run(args) or 0)
+        return int(_RECIPES[args.corpus][0].run(args) or 0)
     from asr.data.kaldi import kaldi_to_manifest
 
     report = kaldi_to_manifest(args.src, args.out, workers=args.workers, progress=not args.quiet)

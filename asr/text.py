@@ -1,4 +1,4 @@
-"""Transcript normalisation shared by the corpus recipes.
+"""Transcript normalisation: the corpus recipes and the LM trainer write text this way.
 
 blockasr's convention (``docs/INTERFACES.md``): upper-case words of letters and apostrophes, single
 spaces.

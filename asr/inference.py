@@ -1,0 +1,289 @@
+"""Inference settings: one frozen dataclass from every entry point to the model.
+
+``asr transcribe``, ``asr decode`` and ``asr serve`` declare their decoding flags with
+:func:`add_inference_arguments` and read them back with :func:`inference_config_from_args`; a server
+session's ``start`` message overrides single fields with :meth:`InferenceConfig.override`. Every
+value, whatever its source, is checked by one rule per field (:func:`check_field`), and an error
+names the field and what was expected.
+
+    p = argparse.ArgumentParser(); add_inference_arguments(p)
+    cfg = inference_config_from_args(p.parse_args(["--block-ms", "full"]))   # cfg.block_ms is None
+    session = cfg.override({"beam": 4, "block_ms": 320})
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from asr.encoder.conformer import FRAME_MS
+
+__all__ = ["DECODERS", "SESSION_FIELDS", "InferenceConfig", "SettingsError", "add_inference_arguments",
+           "add_session_arguments", "check_field", "flag_type", "inference_config_from_args", "load_inference",
+           "parse_block_ms", "resolve_device", "session_overrides_from_args"]
+
+DECODERS = ("ctc", "sar", "bsbs", "offline")
+
+# The fields a server session may set in its start message; the others (model, LM, device,
+# threads) are the server's, fixed when it loads the model.
+SESSION_FIELDS = ("decoder", "block_ms", "left_blocks", "beam", "ctc_beam", "ctc_weight", "length_bonus",
+                  "lm_weight", "tentative_frames")
+
+
+class SettingsError(ValueError):
+    """A bad inference setting; ``field`` names it, the message says what was expected."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Args:
+        model: model directory (None = the shipped ``models/default``).
+        decoder: ``ctc`` (streaming greedy CTC), ``sar`` (semi-autoregressive greedy), ``bsbs``
+            (blockwise synchronous beam search) or ``offline`` (full-context joint beam search per
+            segment; no partials).
+        block_ms: encoder block (latency) in ms, a multiple of the encoder frame; None = full
+            context (``full`` on the command line): the whole stream is one block, decoded at its end.
+        left_blocks: encoder left context in blocks (None = unlimited; bounded keeps memory flat).
+        beam, ctc_weight, length_bonus: the beam searches (bsbs, offline).
+        ctc_beam: the ctc decoder's final result by CTC prefix beam search of this width (1 = greedy).
+        lm: LM directory (``asr train-lm``) for shallow fusion (bsbs, offline).
+        lm_weight: shallow-fusion weight of the LM.
+        tentative_frames: SAR boundary rule ``g`` (0 = naive).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when present).
+        threads: CPU threads of torch (None = torch's default).
+    """
+
+    model: str | None = None
+    decoder: str = "sar"
+    block_ms: int | None = 640
+    left_blocks: int | None = 4
+    beam: int = 10
+    ctc_beam: int = 1
+    ctc_weight: float = 0.3
+    length_bonus: float = 0.0
+    lm: str | None = None
+    lm_weight: float = 0.0
+    tentative_frames: int = 2
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_field(f.name, getattr(self, f.name))
+
+    @property
+    def block_size(self) -> int | None:
+        """Encoder frames per block (None = full context)."""
+        return None if self.block_ms is None else self.block_ms // FRAME_MS
+
+    def override(self, overrides: Mapping[str, Any]) -> "InferenceConfig":
+        """A server session's settings: these defaults with ``overrides`` (JSON values) applied.
+
+        Only :data:`SESSION_FIELDS` may be set; ``block_ms`` also takes ``"full"``. Raises
+        :class:`SettingsError` naming the first bad field.
+        """
+        fields = {}
+        for name, value in overrides.items():
+            if name not in SESSION_FIELDS:
+                if name in _FIELDS:
+                    raise SettingsError(name, "is set by the server (asr serve --" + name.replace("_", "-")
+                                        + "), not per session")
+                raise SettingsError(name, f"unknown setting; a session may set {', '.join(SESSION_FIELDS)}")
+            fields[name] = parse_block_ms(value) if name == "block_ms" else value
+        return dataclasses.replace(self, **fields) if fields else self
+
+
+# ---------------------------------------------------------------------------------- the rules
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v  # not NaN
+
+
+def _device_ok(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    return v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit())
+
+
+# field -> (test, what is expected)
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": (lambda v: v is None or isinstance(v, str), "a model directory"),
+    "decoder": (lambda v: v in DECODERS, "one of " + ", ".join(DECODERS)),
+    "block_ms": (lambda v: v is None or (_is_int(v) and v >= FRAME_MS and v % FRAME_MS == 0),
+                 f"a positive multiple of {FRAME_MS} ms (the encoder frame) or \"full\""),
+    "left_blocks": (lambda v: v is None or (_is_int(v) and v >= 0), "an integer >= 0, or none (unlimited)"),
+    "beam": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "ctc_beam": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (1 = greedy)"),
+    "ctc_weight": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number from 0 to 1"),
+    "length_bonus": (_is_number, "a number"),
+    "lm": (lambda v: v is None or isinstance(v, str), "an LM directory"),
+    "lm_weight": (lambda v: _is_number(v) and v >= 0.0, "a number >= 0"),
+    "tentative_frames": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "device": (_device_ok, "cpu, cuda, cuda:N or auto"),
+    "threads": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1"),
+}
+_FIELDS = tuple(_RULES)
+
+
+def check_field(name: str, value: Any) -> None:
+    """The one rule for field ``name``; raises :class:`SettingsError` naming it."""
+    test, expected = _RULES[name]
+    if not test(value):
+        raise SettingsError(name, f"expected {expected}, got {value!r}")
+
+
+def parse_block_ms(value: Any) -> int | None:
+    """``"full"`` / None -> None (full context); ``640`` / ``"640"`` -> 640, checked by the block_ms rule."""
+    if value is None or value == "full":
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise SettingsError("block_ms", f"expected {_RULES['block_ms'][1]}, got {value!r}") from None
+    check_field("block_ms", value)
+    return value
+
+
+# ---------------------------------------------------------------------------------- command line
+def _none_or(convert: Callable[[str], Any], none: str) -> Callable[[str], Any]:
+    return lambda text: None if text == none else convert(text)
+
+
+# field -> how its command-line text becomes a value ("full" / "none" are the None of two fields)
+_FROM_TEXT: dict[str, Callable[[str], Any]] = {
+    "model": str, "decoder": str, "block_ms": _none_or(int, "full"), "left_blocks": _none_or(int, "none"),
+    "beam": int, "ctc_beam": int, "ctc_weight": float, "length_bonus": float, "lm": str, "lm_weight": float,
+    "tentative_frames": int, "device": str, "threads": _none_or(int, "none"),
+}
+
+
+def flag_type(name: str, check: bool = True) -> Callable[[str], Any]:
+    """argparse ``type=`` for field ``name``: the text converted, then checked by the field's rule
+    (``check=False``: converted only, for values that a server checks)."""
+    convert = _FROM_TEXT[name]
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = text
+        if not check:
+            return value
+        try:
+            check_field(name, value)
+        except SettingsError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+        return value
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+# field -> (flag help, with {default} filled in)
+_HELP = {
+    "model": "model directory (default: the shipped models/default)",
+    "decoder": "ctc: streaming greedy CTC; sar: semi-autoregressive; bsbs: blockwise synchronous beam search; "
+               "offline: full-context joint beam search per segment (default {default})",
+    "block_ms": f"encoder block in ms, a multiple of {FRAME_MS}, or 'full' (the whole stream is one block, "
+                "full context) (default {default})",
+    "left_blocks": "encoder left context in blocks, or 'none' for unlimited (default {default})",
+    "beam": "beam size for bsbs/offline (default {default})",
+    "ctc_beam": "ctc decoder: final result by CTC prefix beam search of this width (default {default} = greedy)",
+    "ctc_weight": "CTC weight in joint searches (default {default})",
+    "length_bonus": "per-token score bonus in the beam searches (default {default})",
+    "lm": "LM directory (asr train-lm) for shallow fusion in bsbs/offline; same tokenizer as the model",
+    "lm_weight": "shallow-fusion weight (default 0.3 with --lm)",
+    "tentative_frames": "SAR boundary rule g; 0 = naive (default {default})",
+    "device": "cpu, cuda, cuda:N or auto (cuda when present) (default {default})",
+    "threads": "CPU threads of torch (default: torch's own, one per core)",
+}
+
+
+_METAVAR = {"model": "DIR", "decoder": "|".join(DECODERS), "block_ms": "MS|full", "left_blocks": "N|none",
+            "ctc_weight": "W", "length_bonus": "B", "lm": "DIR", "lm_weight": "W", "device": "DEVICE"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_inference_arguments(p: argparse.ArgumentParser, defaults: InferenceConfig = InferenceConfig()) -> None:
+    """The model and decoding flags shared by ``asr transcribe``, ``asr decode`` and ``asr serve``,
+    one per :class:`InferenceConfig` field; read them back with :func:`inference_config_from_args`."""
+    g = p.add_argument_group("model and decoding (the same flags for asr transcribe, decode and serve)")
+    for f in dataclasses.fields(InferenceConfig):
+        default = None if f.name == "lm_weight" else getattr(defaults, f.name)  # lm_weight: see from_args
+        # "%(default)s" also keeps ArgumentDefaultsHelpFormatter from adding a second default
+        shown = "%(default)s"
+        if default is None:
+            shown = {"block_ms": "full", "left_blocks": "none"}.get(f.name, shown)
+        g.add_argument(_flag(f.name), dest=f.name, type=flag_type(f.name), default=default,
+                       metavar=_METAVAR.get(f.name, "N"),
+                       help=_HELP[f.name].format(default=shown))
+
+
+def add_session_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags for the session fields a streaming client may ask a server for; absent flags are not
+    in the namespace (the server's defaults apply), and the server checks the values.
+    See :func:`session_overrides_from_args`."""
+    g = p.add_argument_group("inference settings asked of the server (default: the server's)")
+    for name in SESSION_FIELDS:
+        g.add_argument(_flag(name), dest=name, type=flag_type(name, check=False), default=argparse.SUPPRESS,
+                       metavar=_METAVAR.get(name, "N"), help=_HELP[name].split(" (default")[0])
+
+
+def session_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The start-message fields of :func:`add_session_arguments` flags (JSON values; ``"full"`` blocks)."""
+    out = {name: getattr(args, name) for name in SESSION_FIELDS if hasattr(args, name)}
+    if "block_ms" in out and out["block_ms"] is None:
+        out["block_ms"] = "full"
+    return out
+
+
+def inference_config_from_args(args: argparse.Namespace) -> InferenceConfig:
+    """The :class:`InferenceConfig` of parsed :func:`add_inference_arguments` flags.
+
+    ``--lm-weight`` defaults to 0.3 with ``--lm`` and 0 without; a weight without ``--lm`` is an error.
+    """
+    if args.lm is None and args.lm_weight:
+        raise SettingsError("lm_weight", "--lm-weight needs --lm DIR")
+    weight = 0.0 if args.lm is None else (0.3 if args.lm_weight is None else args.lm_weight)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(InferenceConfig)}
+    return InferenceConfig(**{**values, "lm_weight": weight})
+
+
+# ---------------------------------------------------------------------------------- loading
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; a missing GPU is a clear error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingsError("device", f"{device} asked for, but torch sees no CUDA device (use --device cpu)")
+    return device
+
+
+def load_inference(cfg: InferenceConfig):
+    """Set the threads, load the model directory and the LM on ``cfg.device``: ``(LoadedModel, lm | None)``."""
+    import torch
+
+    from asr.models.io import default_model_dir, load_model_dir
+    from asr.models.lm_io import load_lm_dir
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    loaded = load_model_dir(cfg.model or default_model_dir(), device)
+    lm = None if cfg.lm is None else load_lm_dir(cfg.lm, device, tokenizer=loaded.tokenizer).lm
+    return loaded, lm

@@ -1,0 +1,1 @@
+"""The commands that run the recognizer: ``asr transcribe`` and ``asr decode``."""

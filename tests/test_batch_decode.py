@@ -1,0 +1,116 @@
+"""Many streams in one pass: batched block decoders equal per-stream ones, and a recognizer's state
+follows the model to another dtype / device."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from asr.audio import load_audio
+from asr.data import read_manifest
+from asr.decode import SarGreedyDecoder, fuse_windows
+from asr.features import FbankConfig, OnlineFbank
+from asr.inference import InferenceConfig
+from asr.models.config import LMConfig, SARConfig
+from asr.models.io import load_model_dir
+from asr.models.sar import SARDecoder
+from streaming import Recognizer, process_batch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    return load_model_dir(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def waves(tts_corpus):
+    rows = read_manifest(tts_corpus / "all.jsonl")
+    return [load_audio(r["audio"]).numpy() for r in rows[:4]], [r["text"] for r in rows[:4]]
+
+
+SIZES = [5120, 3000, 7000, 5120]  # samples per pass of each stream
+BEGIN = [0, 1, 0, 2]  # the pass at which each stream starts
+
+
+def _streams(loaded, cfg, waves, batched: bool, sizes=SIZES, begin=BEGIN):
+    """Streams of different lengths, starting at different passes, fed in chunks of different
+    sizes, so their encoder caches, segments, LM contexts and tentative tails all differ."""
+    recs = [Recognizer(loaded, cfg) for _ in waves]
+    pos = [0] * len(waves)
+    out = [[] for _ in waves]
+    for step in range(200):
+        work, idx = [], []
+        for i, (rec, w) in enumerate(zip(recs, waves)):
+            if step >= begin[i] and pos[i] < len(w):
+                work.append((rec, w[pos[i]:pos[i] + sizes[i]]))
+                idx.append(i)
+                pos[i] += sizes[i]
+        if not work:
+            break
+        for i, res in zip(idx, process_batch(work, batch_decoders=batched)):
+            out[i] += res
+    for i, rec in enumerate(recs):
+        out[i] += rec.finalize()
+    return [[(r.text, r.is_final, r.segment, r.tokens, r.words) for r in res] for res in out]
+
+
+@pytest.mark.parametrize("decoder", ["ctc", "sar", "bsbs"])
+def test_batched_decoders_equal_per_stream(loaded, waves, decoder):
+    audio, texts = waves
+    cfg = InferenceConfig(decoder=decoder, block_ms=320)
+    alone = [_streams(loaded, cfg, [w], False, [SIZES[i]], [0])[0] for i, w in enumerate(audio)]
+    assert _streams(loaded, cfg, audio, batched=False) == alone  # the encoder batching alone
+    together = _streams(loaded, cfg, audio, batched=True)
+    assert together == alone
+    assert [res[-1][0] for res in together] == texts
+
+
+def test_fuse_windows_pads_and_masks():
+    """Windows and LM contexts of different lengths in one call equal each stream's own call."""
+    torch.manual_seed(0)
+    sar = SARDecoder(30, 64, SARConfig(lm=LMConfig(d_model=32, n_layers=1, dropout=0.0), fusion_layers=2,
+                                       dropout=0.0)).eval()
+    windows = [torch.randn(n, 64) for n in (8, 3, 10)]
+    states = [torch.randn(n, 32) for n in (1, 4, 2)]
+    with torch.no_grad():
+        batched = fuse_windows(sar, windows, states)
+        for w, s, got in zip(windows, states, batched):
+            want = sar.fuse(w[None], None, s[None], None)[0]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sar_streams_of_different_g_share_a_call(loaded):
+    a, b = SarGreedyDecoder(loaded.model.sar, 0), SarGreedyDecoder(loaded.model.sar, 3)
+    assert a.batch_key() == b.batch_key()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_online_fbank_moves_its_buffer(device):
+    fb = OnlineFbank(FbankConfig()).to(device, torch.float64)
+    assert fb.accept(torch.zeros(300)).shape == (0, 80)
+    assert fb._buffer.dtype == torch.float64 and fb._buffer.device.type == device
+    frames = fb.accept(torch.zeros(260))
+    assert frames.shape == (2, 80) and frames.dtype == torch.float64 and frames.device.type == device
+    fb.reset()
+    assert fb._buffer.dtype == torch.float64 and fb._buffer.numel() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("decoder", ["sar", "offline"])
+def test_recognizer_follows_the_model(loaded, waves, device, decoder):
+    """Every tensor the recognizer keeps moves with the model: a float64 copy (and a CUDA one)
+    recognises the same text as the float32 CPU model."""
+    audio, texts = waves
+    moved = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model).to(device, torch.float64))
+    cfg = InferenceConfig(decoder=decoder, block_ms=320)
+    for model in (loaded, moved):
+        rec = Recognizer(model, cfg)
+        results = []
+        for s in range(0, len(audio[0]), 4000):
+            results += rec.accept_waveform(audio[0][s:s + 4000])
+        results += rec.finalize()
+        assert results[-1].text == texts[0]
+        assert rec.state.kv[0].k.dtype == next(model.model.parameters()).dtype
