@@ -105,6 +105,29 @@ def test_xpos_per_row_start_equals_int_start():
         assert torch.equal(xp(x, starts, key=key), rows)
 
 
+def test_xpos_rebase_keys_is_exact():
+    xp = XPosEmbedding(DH, scale_base=SCALE_BASE)
+    k = torch.randn(2, H, 5, DH, dtype=torch.float64)
+    a = xp(k, 30, key=True, ref=7)
+    assert torch.allclose(xp.rebase_keys(a, 7, 25), xp(k, 30, key=True, ref=25), rtol=1e-12)
+    rows = xp.rebase_keys(a, 7, torch.tensor([0, 40]))
+    assert torch.allclose(rows[1], xp(k[1:], 30, key=True, ref=40)[0], rtol=1e-12)
+    q = torch.randn(1, H, 3, DH, dtype=torch.float64)
+    s0 = xp(q, 33, key=False) @ xp(k[:1], 30, key=True).transpose(-1, -2)
+    s1 = xp(q, 33, key=False, ref=31) @ xp(k[:1], 30, key=True, ref=31).transpose(-1, -2)
+    assert torch.allclose(s0, s1, rtol=1e-10)
+
+
+def test_paged_xpos_rebases_and_stays_exact():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(D, H, pos="xpos", xpos_scale_base=1.0).eval()  # reference moves every 16
+    x = torch.randn(1, 40, D)
+    with torch.no_grad():
+        y, cache, _ = _stream(mha, x, PagedCacheConfig(page_size=4), 3)
+        full = mha(x, mask=causal_mask(40))
+    assert cache.ref == 32 and (y - full).abs().max() < 1e-4
+
+
 def test_xpos_cache_equals_full_causal():
     from asr.attention import KVCache
 

@@ -116,7 +116,8 @@ def test_session_context_equals_scoring_the_concatenated_text(pos):
         logp, st = plain.score(torch.tensor([[SOS_EOS] + SEGMENTS[0][:i]]), st, MEM)
         st = plain.select_state(st, torch.tensor([0]), torch.tensor([tok]))
         assert torch.allclose(logp[0], first[i], atol=1e-6)
-    session.commit(SEGMENTS[0])
+    score0 = session.commit(SEGMENTS[0])
+    assert torch.allclose(score0[:-1], first.gather(1, torch.tensor(SEGMENTS[0])[:, None])[:, 0], atol=1e-6)
     session.commit(SEGMENTS[1])
     carried = _session_logp(session, SEGMENTS[2])
     stream = [SOS_EOS, *SEGMENTS[0], SOS_EOS, *SEGMENTS[1], SOS_EOS, *SEGMENTS[2]]
@@ -217,11 +218,31 @@ def test_star_phase_two_over_exact_blocks_is_exact():
         _, caches = lm.extend(ctx[None], caches)
     blocks = [[(c.k[..., a : a + 6, :], c.v[..., a : a + 6, :]) for a in range(0, 20, 6)] for c in caches]
     ref = full_logits(lm, torch.cat([ctx, query]))[20:]
-    assert (star_logits(lm, blocks, query, 20) - ref).abs().max() < 1e-5
+    assert (star_logits(lm, blocks, query, 20, refs=[0] * len(blocks[0])) - ref).abs().max() < 1e-5
 
 
-def test_star_phase_one_blocks_see_anchor_and_themselves():
-    lm = _lm("rope")
+def test_xpos_long_inputs_do_not_overflow():
+    """Past ~70 * scale_base positions xpos keys counted from 0 overflow float32; the chunked full
+    attention, Star Attention and the paged session cache count from a moving reference."""
+    lm = _lm("xpos", n_layers=2)  # scale_base 16: overflow from ~1100 positions when counted from 0
+    tokens = _stream(3000)
+    tokens[0] = SOS_EOS
+    with torch.no_grad():
+        naive = lm.out(lm.hidden(tokens[None]))[0]
+    assert not bool(torch.isfinite(naive).all())
+    full = full_logits(lm, tokens, query_chunk=512)
+    assert bool(torch.isfinite(full).all())
+    star = star_logits(lm, star_encode(lm, tokens[:2900], block_size=512), tokens[2900:], 2900)
+    assert bool(torch.isfinite(star).all())  # blocks well below 70 * scale_base, refs per block
+    session = SessionLM(lm, SessionContextConfig(max_tokens=None, page_size=64))
+    logp = session.commit(tokens[1:].tolist())  # stream "<s> tokens[1:]": the same tokens as ``full`` sees
+    ref = full.log_softmax(-1).gather(1, torch.cat([tokens[1:], torch.tensor([SOS_EOS])])[:, None])[:, 0]
+    assert session.caches[0].ref > 0 and (logp - ref).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("pos", ["rope", "xpos"])
+def test_star_phase_one_blocks_see_anchor_and_themselves(pos):
+    lm = _lm(pos)
     ctx = _stream(14)
     caches = star_encode(lm, ctx, block_size=4)
     assert [b[0].shape[-2] for b in caches[0]] == [4, 4, 4, 2]
@@ -236,5 +257,8 @@ def test_star_phase_one_blocks_see_anchor_and_themselves():
     with torch.no_grad():
         for i, layer in enumerate(lm.layers):
             _, k, _ = layer.self_attn.project_self(layer.norm_self(x), 0)
-            assert torch.allclose(caches[i][2][0], k[..., 8:12, :], atol=1e-5)
+            got = caches[i][2][0]
+            if pos == "xpos":  # block 2 counts its decay from position 8
+                got = layer.self_attn.xpos.rebase_keys(got, 8, 0)
+            assert torch.allclose(got, k[..., 8:12, :], atol=1e-5)
             x = layer(x, mask)

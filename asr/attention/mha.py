@@ -119,17 +119,18 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(x.transpose(1, 2).flatten(-2))  # (B, T, D)
 
     def project_self(
-        self, x: torch.Tensor, start: int | torch.Tensor
+        self, x: torch.Tensor, start: int | torch.Tensor, xpos_ref: int | torch.Tensor = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v (B, H, T, head_dim) of ``x`` (B, T, D) at positions ``start ..``; rotary/xpos applied.
 
-        ``start`` may be a (B,) tensor (one first position per row) for rotary and xpos.
+        ``start`` may be a (B,) tensor (one first position per row) for rotary and xpos;
+        ``xpos_ref``: the position xpos counts its decay from (see :class:`XPosEmbedding`).
         """
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         if self.pos == "rotary":
             q, k = self.rotary(q, start), self.rotary(k, start)
         elif self.pos == "xpos":
-            q, k = self.xpos(q, start, key=False), self.xpos(k, start, key=True)
+            q, k = self.xpos(q, start, key=False, ref=xpos_ref), self.xpos(k, start, key=True, ref=xpos_ref)
         return q, k, v
 
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ decision is the same for every beam hypothesis that shares the page. The first `
 
 Keys are cached already rotated (rotary/xpos) at their true positions, so attention over the
 surviving, non-contiguous positions needs no position bookkeeping; ``pos`` records them for tests
-and statistics. The open (partly filled) page is the cache's tail.
+and statistics. XPos keys count their decay from a reference ``ref`` that follows the stream
+(:meth:`~asr.attention.xpos.XPosEmbedding.rebase_keys`), so no scale overflows in a long session. The open (partly filled) page is the cache's tail.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import torch
 from asr.attention.mha import MultiHeadAttention
 
 __all__ = ["PagedCacheConfig", "PagedKVCache", "paged_self_attention"]
+
+_REBASE = 16  # xpos: the reference moves in steps of this many scale_base
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class PagedKVCache:
         end: absolute position of the next token.
         evicted: number of pages evicted so far.
         cfg: page size and budget.
+        ref: position the xpos decay of the cached keys is counted from (kept near ``end``).
     """
 
     k: torch.Tensor
@@ -74,6 +78,7 @@ class PagedKVCache:
     end: int
     evicted: int
     cfg: PagedCacheConfig
+    ref: int = 0
 
     @classmethod
     def empty(cls, batch_size: int, n_heads: int, head_dim: int, cfg: PagedCacheConfig,
@@ -100,7 +105,8 @@ class PagedKVCache:
         t = k.shape[-2]
         pos = torch.arange(self.end, self.end + t, device=self.pos.device)
         out = PagedKVCache(torch.cat([self.k, k], -2), torch.cat([self.v, v], -2), torch.cat([self.pos, pos]),
-                           torch.cat([self.score, score.to(self.score)]), self.end + t, self.evicted, self.cfg)
+                           torch.cat([self.score, score.to(self.score)]), self.end + t, self.evicted, self.cfg,
+                           self.ref)
         return out._evicted()
 
     def _evicted(self) -> "PagedKVCache":
@@ -116,7 +122,7 @@ class PagedKVCache:
             keep = torch.ones(cache.length, dtype=torch.bool, device=cache.k.device)
             keep[victim * p : (victim + 1) * p] = False
             cache = PagedKVCache(cache.k[:, :, keep], cache.v[:, :, keep], cache.pos[keep], cache.score[keep],
-                                 cache.end, cache.evicted + 1, c)
+                                 cache.end, cache.evicted + 1, c, cache.ref)
         return cache
 
     def select(self, index: torch.Tensor) -> "PagedKVCache":
@@ -145,7 +151,14 @@ def paged_self_attention(
     if mha.pos == "rel":
         raise ValueError("paged caches hold rotated keys; pos='rel' needs contiguous positions")
     t, n = x.shape[1], cache.length
-    q, k, v = mha.project_self(x, cache.end)
+    if mha.pos == "xpos":
+        # keep the decay reference near the newest position (a function of it alone, so any feed
+        # order gives the same reference): old keys shrink by their decay, nothing grows
+        every = max(1, int(_REBASE * mha.xpos.scale_base))
+        ref = cache.end // every * every
+        if ref != cache.ref:
+            cache = replace(cache, k=mha.xpos.rebase_keys(cache.k, cache.ref, ref), ref=ref)
+    q, k, v = mha.project_self(x, cache.end, xpos_ref=cache.ref)
     k_all, v_all = torch.cat([cache.k, k], -2), torch.cat([cache.v, v], -2)
     if mask is None and t > 1:
         mask = torch.ones(t, n + t, dtype=torch.bool, device=x.device).tril(n)

@@ -66,6 +66,7 @@ def global_attention(
     x: torch.Tensor,
     start: int,
     blocks: list[tuple[torch.Tensor, torch.Tensor]],
+    refs: list[int] | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Phase 2: queries at positions ``start ..`` attend all cached blocks plus themselves (causally).
 
@@ -77,14 +78,19 @@ def global_attention(
         x: (B, t, D) query tokens, normalised input of the layer.
         start: absolute position of ``x[:, 0]`` (after all cached positions).
         blocks: per block ``(k, v)``, each (B, H, T_b, dh), rotated at their true positions.
+        refs: per block, the xpos reference its keys were encoded with (None = all 0); the
+            queries use ``start`` and the keys are rebased to it.
 
     Returns:
-        y (B, t, D) and the query tokens' own ``(k, v)`` (to cache for later query tokens).
+        y (B, t, D) and the query tokens' own ``(k, v)`` (xpos reference ``start``).
     """
     if mha.pos == "rel":
         raise ValueError("Star Attention caches rotated keys; use pos none, rotary or xpos")
     t = x.shape[1]
-    q, k, v = mha.project_self(x, start)
+    q, k, v = mha.project_self(x, start, xpos_ref=start)
+    if mha.pos == "xpos":
+        refs = [0] * len(blocks) if refs is None else refs
+        blocks = [(mha.xpos.rebase_keys(kb, r, start), vb) for (kb, vb), r in zip(blocks, refs)]
     causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
     parts = [attention_with_lse(q, kb, vb) for kb, vb in blocks] + [attention_with_lse(q, k, v, causal)]
     out = merge_partial_attention([o for o, _ in parts], [lse for _, lse in parts])

@@ -9,10 +9,13 @@ and of a key at position ``j`` by ``zeta_m ** (-j / scale_base)``, with
 faster the higher the rotation frequency (the paper's "attention resolution"). Keys are cached
 already scaled, so a KV cache stays valid, as with plain rotary.
 
-Numerics: the key scale grows like ``exp(1.25 * j / scale_base)`` (``zeta_0 = gamma / (1 + gamma)``
-with ``gamma = 0.4``), computed in float64 and cast; float32 holds it up to about
-``j = 70 * scale_base`` positions (bf16/fp16 caches much less). A session LM with
-``scale_base = 512`` is good for ~36k tokens of absolute position; see ``max_position``.
+Numerics: with positions counted from 0 the key scale grows like ``exp(1.25 * j / scale_base)``
+(``zeta_0 = gamma / (1 + gamma)``, ``gamma = 0.4``) and overflows float32 near
+``j = 70 * scale_base``. Only differences matter, so positions may be counted from any reference
+``ref`` (queries scaled by ``zeta ** ((n - ref) / B)``, keys by ``zeta ** (-(j - ref) / B)``): a long
+cache keeps ``ref`` near its newest position and moves it with :meth:`XPosEmbedding.rebase_keys`
+(old keys then carry their decay, never a growing factor). The paged session cache and Star
+Attention do so; a plain :class:`~asr.attention.KVCache` counts from 0 (``max_position``).
 """
 
 from __future__ import annotations
@@ -56,19 +59,29 @@ class XPosEmbedding(nn.Module):
         """Largest absolute key position whose scale stays below 1e30 in float32."""
         return int(30 * math.log(10) * self.scale_base / -math.log(self.gamma / (1 + self.gamma)))
 
-    def forward(self, x: torch.Tensor, start: int | torch.Tensor, *, key: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start: int | torch.Tensor, *, key: bool,
+                ref: int | torch.Tensor = 0) -> torch.Tensor:
         """Rotate and scale ``x`` (B, H, T, head_dim) at positions ``start .. start + T - 1``.
 
         Args:
             start: int, or (B,) per-row first positions.
-            key: True for keys (scale ``zeta ** -n``), False for queries (``zeta ** n``).
+            key: True for keys (scale ``zeta ** -(n - ref)``), False for queries (``zeta ** (n - ref)``).
+            ref: position the decay is counted from (int or (B,)); queries and the keys they
+                meet must use the same ``ref``.
         """
         t = x.shape[-2]
         phase = self.rotary.phase(start, t, x.device)  # (..., T, half)
-        pos = _positions(start, t, x.device)[..., None]  # (..., T, 1)
-        scale = self.zeta(x.device) ** ((-pos if key else pos) / self.scale_base)  # (..., T, half)
+        rel = _positions(start, t, x.device) - _positions(ref, 1, x.device)  # (..., T)
+        scale = self.zeta(x.device) ** ((-rel if key else rel)[..., None] / self.scale_base)  # (..., T, half)
         cos, sin = (phase.cos() * scale).to(x.dtype), (phase.sin() * scale).to(x.dtype)
         return rotate_half_split(x, cos, sin)
+
+    def rebase_keys(self, k: torch.Tensor, old_ref: int | torch.Tensor, new_ref: int | torch.Tensor) -> torch.Tensor:
+        """Keys (B, H, T, head_dim) encoded with ``old_ref`` as if encoded with ``new_ref`` (ints or (B,))."""
+        delta = torch.as_tensor(new_ref, device=k.device) - torch.as_tensor(old_ref, device=k.device)
+        f = self.zeta(k.device) ** (delta.to(torch.float64)[..., None] / self.scale_base)  # (half,) or (B, half)
+        f = torch.cat([f, f], dim=-1)
+        return k * (f[:, None, None, :] if f.dim() == 2 else f).to(k.dtype)
 
 
 def blockwise_causal_mask(n: int, block_size: int | None, device: torch.device | str | None = None) -> torch.Tensor:

@@ -73,16 +73,25 @@ class SessionLM:
         return SessionLMScorer(self.lm, self)
 
     @torch.no_grad()
-    def commit(self, ids: list[int]) -> None:
-        """Append a segment's final token ids (without ``<s>``) to the session context."""
+    def commit(self, ids: list[int]) -> torch.Tensor:
+        """Append a segment's final token ids (without ``<s>``) to the session context.
+
+        Returns:
+            (len(ids) + 1,) log-probabilities of ``ids`` and of the closing ``<s>`` given the
+            context (the segment's LM score; perplexity of a session).
+        """
         tokens = torch.tensor([[SOS_EOS, *ids]], device=self.lm.embed.weight.device)
         # Chunks end on page boundaries, so pages are evicted exactly when a token-by-token feed would.
-        p, i = self.cfg.page_size, 0
+        p, i, hidden = self.cfg.page_size, 0, []
         while i < tokens.shape[1]:
             j = min(tokens.shape[1], (self.position // p + 1) * p - self.position + i)
-            _, self.caches = self.lm.extend(tokens[:, i:j], self.caches)
+            h, self.caches = self.lm.extend(tokens[:, i:j], self.caches)
+            hidden.append(h[0])
             i = j
         self.committed += 1
+        logp = self.lm.out(torch.cat(hidden)).float().log_softmax(-1)  # (len(ids) + 1, V)
+        targets = torch.tensor([*ids, SOS_EOS], device=logp.device)
+        return logp.gather(1, targets[:, None])[:, 0]
 
     def reset(self) -> None:
         """Forget the context (a new session)."""

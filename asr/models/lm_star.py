@@ -22,7 +22,7 @@ import torch
 from asr.attention.star import global_attention
 from asr.models.lm import TransformerLM
 
-__all__ = ["star_encode", "star_logits", "full_logits"]
+__all__ = ["star_encode", "star_logits", "full_logits", "block_refs"]
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -34,7 +34,8 @@ def _check(lm: TransformerLM) -> None:
 
 @torch.no_grad()
 def star_encode(lm: TransformerLM, context: torch.Tensor, block_size: int) -> list[list[KV]]:
-    """Phase 1: per layer, the ``(k, v)`` of each context block, each (1, H, T_b, dh).
+    """Phase 1: per layer, the ``(k, v)`` of each context block, each (1, H, T_b, dh); xpos keys
+    count their decay from their block's first position (:func:`block_refs`).
 
     Args:
         context: (T,) token ids at positions 0 .. T-1.
@@ -55,8 +56,11 @@ def star_encode(lm: TransformerLM, context: torch.Tensor, block_size: int) -> li
     caches = []
     for layer in lm.layers:
         mha = layer.self_attn
-        q, k, v = mha.project_self(layer.norm_self(x), starts)  # (n, H, b, dh)
-        k_all = torch.cat([k[:1].expand_as(k), k], dim=-2)
+        q, k, v = mha.project_self(layer.norm_self(x), starts, xpos_ref=starts)  # (n, H, b, dh)
+        anchor_k = k[:1].expand_as(k)
+        if mha.pos == "xpos":  # row i counts the decay from its block start; the anchor from 0
+            anchor_k = mha.xpos.rebase_keys(anchor_k, 0, starts)
+        k_all = torch.cat([anchor_k, k], dim=-2)
         v_all = torch.cat([v[:1].expand_as(v), v], dim=-2)
         x = x + mha.merge_heads(mha.attend(q, k_all, v_all, mask=mask))
         x = x + layer.ff(x)
@@ -64,16 +68,25 @@ def star_encode(lm: TransformerLM, context: torch.Tensor, block_size: int) -> li
     return caches
 
 
+def block_refs(caches: list[list[KV]]) -> list[int]:
+    """First position of each cached block (the xpos reference of its keys)."""
+    sizes = [k.shape[-2] for k, _ in caches[0]]
+    return [sum(sizes[:i]) for i in range(len(sizes))]
+
+
 @torch.no_grad()
-def star_logits(lm: TransformerLM, caches: list[list[KV]], query: torch.Tensor, start: int) -> torch.Tensor:
+def star_logits(lm: TransformerLM, caches: list[list[KV]], query: torch.Tensor, start: int,
+                refs: list[int] | None = None) -> torch.Tensor:
     """Phase 2: logits (U, V) after each query token (U,) at positions ``start ..``.
 
-    ``caches`` from :func:`star_encode` of the ``start`` context tokens.
+    ``caches`` from :func:`star_encode` of the ``start`` context tokens; ``refs``: the xpos
+    reference of each block's keys (default :func:`block_refs`, as :func:`star_encode` makes them).
     """
     _check(lm)
+    refs = block_refs(caches) if refs is None else refs
     x = lm.embed(query[None])  # (1, U, D)
     for layer, blocks in zip(lm.layers, caches):
-        y, _ = global_attention(layer.self_attn, layer.norm_self(x), start, blocks)
+        y, _ = global_attention(layer.self_attn, layer.norm_self(x), start, blocks, refs)
         x = x + y
         x = x + layer.ff(x)
     return lm.out(lm.norm(x))[0]
@@ -81,11 +94,19 @@ def star_logits(lm: TransformerLM, caches: list[list[KV]], query: torch.Tensor, 
 
 @torch.no_grad()
 def full_logits(lm: TransformerLM, tokens: torch.Tensor, query_chunk: int = 1024) -> torch.Tensor:
-    """Exact causal LM logits (T, V) of ``tokens`` (T,), attention ``query_chunk`` queries at a time."""
+    """Exact causal LM logits (T, V) of ``tokens`` (T,), attention ``query_chunk`` queries at a time
+    (each slice's xpos decay counted from its first query, so long inputs never overflow)."""
     _check(lm)
+    t = tokens.shape[0]
     x = lm.embed(tokens[None])
     for layer in lm.layers:
-        x = x + layer.self_attn.forward_blockwise(layer.norm_self(x), None, block_size=1, left_blocks=None,
-                                                  query_chunk=query_chunk)
+        mha, h = layer.self_attn, layer.norm_self(x)
+        outs = []
+        for q0 in range(0, t, query_chunk):
+            q1 = min(t, q0 + query_chunk)
+            q, k, v = mha.project_self(h[:, :q1], 0, xpos_ref=q0)  # keys 0 .. q1 - 1
+            mask = torch.ones(q1 - q0, q1, dtype=torch.bool, device=x.device).tril(q0)
+            outs.append(mha.attend(q[:, :, q0:], k, v, mask=mask))
+        x = x + mha.merge_heads(torch.cat(outs, dim=2))
         x = x + layer.ff(x)
     return lm.out(lm.norm(x))[0]
