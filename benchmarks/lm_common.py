@@ -5,7 +5,8 @@ benchmarks reuse the LMs trained by ``lm_xpos.py``.
 Text: ``../shared/text/brown.txt`` read in place (never copied), one sentence per line, in
 document order. The stream is ``<s> line <s> line ...`` (``<s>`` = ``<sos/eos>``, id 2) with the
 ASR model's tokenizer (``models/default/tokenizer.model``, so the LM fits shallow fusion); the
-first 90 % of the lines train, the last 10 % are held out.
+first 90 % of the lines train, the last 10 % are held out. The LMs train a fixed number of steps
+(same batches for each), so they differ only in their positions.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from asr.train.lm import read_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-TEXT = ROOT.parents[1] / "shared" / "text" / "brown.txt"  # ../shared/text of the checkout's parent
+# ../shared next to the checkout (the main checkout's parent, or a worktree's grandparent)
+SHARED = next((d / "shared" for d in ROOT.parents if (d / "shared" / "text").is_dir()), ROOT.parent / "shared")
+TEXT = SHARED / "text" / "brown.txt"
 TOKENIZER = ROOT / "models" / "default" / "tokenizer.model"
 LM_CACHE = Path("/tmp/blockasr_lm_bench")  # trained LM directories (outside the repository)
 TRAIN_LEN = 64
@@ -53,15 +56,16 @@ def lm_config(pos: str, **kw) -> LMConfig:
     return LMConfig(**{**base, **kw})
 
 
-def train(cfg: LMConfig, train_ids: torch.Tensor, seconds: float, vocab: int, seed: int = 0,
+def train(cfg: LMConfig, train_ids: torch.Tensor, steps: int, vocab: int, seed: int = 0,
           window: int = TRAIN_LEN, batch: int = 32) -> tuple[TransformerLM, dict]:
-    """Train on random windows of ``window`` tokens for ``seconds`` of wall time."""
+    """Train ``steps`` AdamW steps on batches of random windows of ``window`` tokens (same data order
+    for every LM: the windows depend on ``seed`` only)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     lm = TransformerLM(vocab, cfg).train()
     opt = torch.optim.AdamW(lm.parameters(), lr=2e-3, betas=(0.9, 0.98), weight_decay=0.01)
     warm, step, t0, loss = 100, 0, time.time(), float("nan")
-    while time.time() - t0 < seconds:
+    while step < steps:
         starts = [rng.randrange(0, len(train_ids) - window - 1) for _ in range(batch)]
         x = torch.stack([train_ids[s : s + window + 1] for s in starts])  # (B, window + 1)
         for g in opt.param_groups:
@@ -78,12 +82,12 @@ def train(cfg: LMConfig, train_ids: torch.Tensor, seconds: float, vocab: int, se
                        "tokens_seen": step * batch * window}
 
 
-def cached_lm(pos: str, train_ids: torch.Tensor, seconds: float, vocab: int) -> TransformerLM:
+def cached_lm(pos: str, train_ids: torch.Tensor, steps: int, vocab: int) -> TransformerLM:
     """The LM trained for ``pos`` (from ``LM_CACHE`` when there, else trained and stored there)."""
     path = LM_CACHE / pos
     if (path / "model.pt").is_file():
         return load_lm_dir(path).lm
-    lm, info = train(lm_config(pos), train_ids, seconds, vocab)
+    lm, info = train(lm_config(pos), train_ids, steps, vocab)
     save_lm_dir(lm, TOKENIZER, path, provenance={"text": str(TEXT), "window": TRAIN_LEN, **info})
     return lm
 

@@ -66,7 +66,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=15360)
     p.add_argument("--budgets", default="64,128,256,512")
-    p.add_argument("--seconds", type=float, default=420.0, help="training time if an LM is missing")
+    p.add_argument("--steps", type=int, default=480, help="training steps per LM (when not cached)")
     args = p.parse_args()
     torch.set_num_threads(1)
     train_ids, held = streams()
@@ -74,7 +74,7 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     rows = []
     for pos in ("xpos", "rope"):
-        lm = cached_lm(pos, train_ids, args.seconds, 256)
+        lm = cached_lm(pos, train_ids, args.steps, 256)
         for name, budget, alone in ([("none (segment alone)", None, True), ("full cache", None, False)]
                                     + [(f"budget {b}", b, False) for b in budgets]):
             r = run(lm, segs, budget, alone)

@@ -4,10 +4,11 @@ and the time to score them (CPU, 1 thread).
     python benchmarks/lm_star.py [--contexts 2048,8192,16384] [--query 256]
 
 Context = the first T held-out brown tokens; query = the next ``--query`` + 1 tokens, of which
-the last ``--query`` are scored (each after the previous query tokens). Full attention: exact causal attention over context + query
-(:func:`asr.models.lm_star.full_logits`, query slices of 1024 so memory stays O(T)). Star: phase 1
-encodes the context in blocks (anchor block prepended, all blocks in one batch), phase 2 the
-query attends to every block with the log-sum-exp merge. Uses the LMs of lm_xpos.py.
+the last ``--query`` are scored (each after the previous query tokens). Full attention: exact
+causal attention over context + query (:func:`asr.models.lm_star.full_logits`, query slices of
+1024 so memory stays O(T)). Star: phase 1 encodes the context in blocks (anchor block prepended,
+all blocks in one batch), phase 2 the query attends to every block with the log-sum-exp merge.
+Uses the LMs of lm_xpos.py.
 Writes benchmarks/results/lm_star.{md,json}.
 """
 
@@ -34,13 +35,13 @@ def main() -> None:
     p.add_argument("--contexts", default="2048,8192,16384")
     p.add_argument("--query", type=int, default=256)
     p.add_argument("--blocks", default="256,1024")
-    p.add_argument("--seconds", type=float, default=420.0, help="training time if an LM is missing")
+    p.add_argument("--steps", type=int, default=480, help="training steps per LM (when not cached)")
     args = p.parse_args()
     torch.set_num_threads(1)
     train_ids, held = streams()
     rows = []
     for pos in ("xpos", "rope"):
-        lm = cached_lm(pos, train_ids, args.seconds, 256)
+        lm = cached_lm(pos, train_ids, args.steps, 256)
         for t in (int(c) for c in args.contexts.split(",")):
             ctx, query = held[:t], held[t : t + args.query + 1]  # scored: query[1:], after query[:-1]
             t0 = time.perf_counter()

@@ -189,6 +189,17 @@ def test_longgen_sdpa_matches_reference(pos):
     assert (y.double() - reference(mha, x, CFG.mask(0, 14))).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("layer", [0, 1])
+@pytest.mark.parametrize("query_chunk", [1, 4, 7])
+def test_longgen_chunked_gather_equals_dense(layer, query_chunk):
+    mha = _mha("xpos")
+    x = torch.randn(2, 30, D)
+    with torch.no_grad():
+        dense = sparse_self_attention(mha, x, CFG, layer)
+        chunked = sparse_self_attention(mha, x, CFG, layer, query_chunk=query_chunk)
+    assert (dense - chunked).abs().max() < 1e-5
+
+
 def _flex_case(device, pos):
     pytest.importorskip("torch.nn.attention.flex_attention")
     mha = _mha(pos).to(device)

@@ -12,9 +12,10 @@ One module, three ways to call it:
 
 Positions (``pos``): ``"none"``, ``"rel"`` (Transformer-XL/conformer relative positions with
 ``pos_bias_u``/``pos_bias_v``), ``"rotary"`` or ``"xpos"`` (rotary with exponential decay,
-:mod:`asr.attention.xpos`). All depend only on position differences, so cached keys stay valid. The kernel is
-``torch.nn.functional.scaled_dot_product_attention``; the relative term enters as an additive
-float mask.
+:mod:`asr.attention.xpos`). All depend only on position differences, so cached keys stay valid.
+The kernel is ``torch.nn.functional.scaled_dot_product_attention``; the relative term enters as
+an additive float mask. The long-context modules built on this class: :mod:`asr.attention.sparse`
+(LongGen), :mod:`asr.attention.paged_cache` (PagedEviction), :mod:`asr.attention.star`.
 """
 
 from __future__ import annotations

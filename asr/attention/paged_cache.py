@@ -12,7 +12,8 @@ decision is the same for every beam hypothesis that shares the page. The first `
 Keys are cached already rotated (rotary/xpos) at their true positions, so attention over the
 surviving, non-contiguous positions needs no position bookkeeping; ``pos`` records them for tests
 and statistics. XPos keys count their decay from a reference ``ref`` that follows the stream
-(:meth:`~asr.attention.xpos.XPosEmbedding.rebase_keys`), so no scale overflows in a long session. The open (partly filled) page is the cache's tail.
+(:meth:`~asr.attention.xpos.XPosEmbedding.rebase_keys`), so no scale overflows in a long session.
+The open (partly filled) page is the cache's tail.
 """
 
 from __future__ import annotations

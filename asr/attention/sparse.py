@@ -79,14 +79,19 @@ def sparse_self_attention(
     layer: int,
     *,
     kernel: Literal["sdpa", "flex"] = "sdpa",
+    query_chunk: int | None = None,
 ) -> torch.Tensor:
     """Causal self-attention of ``x`` (B, T, D) (positions from 0) with ``layer``'s LongGen mask.
 
-    ``kernel="sdpa"``: dense (T, T) boolean mask; ``"flex"``: FlexAttention block mask (no
-    attention dropout; ``pos="rel"`` unsupported). Returns (B, T, D).
+    ``kernel="sdpa"``: dense (T, T) boolean mask, or with ``query_chunk`` the queries a slice at a
+    time, each against only the keys the pattern lets it see (sinks, strided blocks, the window:
+    time and memory O(T * kept keys) instead of O(T^2) on a sparse layer); ``"flex"``:
+    FlexAttention block mask (no attention dropout; ``pos="rel"`` unsupported). Returns (B, T, D).
     """
     t = x.shape[1]
     q, k, v = mha.project_self(x, 0)
+    if kernel == "sdpa" and query_chunk is not None:
+        return mha.merge_heads(_chunked(mha, q, k, v, cfg, layer, query_chunk))
     if kernel == "sdpa":
         return mha.merge_heads(mha.attend(q, k, v, mask=cfg.mask(layer, t, x.device)))
     if kernel != "flex":
@@ -100,3 +105,22 @@ def sparse_self_attention(
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         out = _flex_fn(x.device)(q, k, v, block_mask=block_mask)
     return mha.merge_heads(out)
+
+
+def _chunked(mha: MultiHeadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: LongGenConfig,
+             layer: int, query_chunk: int) -> torch.Tensor:
+    """Query slices against gathered keys: the slice's window plus every earlier key the pattern keeps."""
+    t, device = q.shape[-2], q.device
+    window, outs = cfg.layer_window(layer), []
+    for q0 in range(0, t, query_chunk):
+        q1 = min(t, q0 + query_chunk)
+        local0 = 0 if window is None else max(0, q0 - window + 1)  # keys before: outside every window
+        j = torch.arange(local0, device=device)
+        early = j < cfg.sinks
+        if cfg.stride is not None:
+            early = early | ((j // cfg.block_size) % cfg.stride == 0)
+        idx = torch.cat([j[early], torch.arange(local0, q1, device=device)])
+        mask = longgen_allowed(torch.arange(q0, q1, device=device)[:, None], idx[None, :], window, cfg.sinks,
+                               cfg.block_size, cfg.stride)
+        outs.append(mha.attend(q[:, :, q0:q1], k[:, :, idx], v[:, :, idx], mask=mask))
+    return torch.cat(outs, dim=2)
