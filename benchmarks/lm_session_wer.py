@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--lm", default=str(LM_CACHE / "xpos"))
     p.add_argument("--lm-weight", type=float, default=0.3)
     p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--context", type=int, default=256, help="session context budget in tokens")
+    p.add_argument("--context", type=int, default=64, help="session context budget in tokens (64: the best held-out perplexity in lm_paged.py)")
     args = p.parse_args()
     import jiwer
 
