@@ -18,6 +18,10 @@ __all__ = [
     "sliding_window_mask",
     "strided_block_sparse_mask",
     "combine_with_padding",
+    "longgen_allowed",
+    "longgen_mask_range",
+    "longgen_mask",
+    "longgen_kept_keys",
 ]
 
 
@@ -179,6 +183,112 @@ def strided_block_sparse_mask(
     blk = torch.div(torch.arange(n, device=device), block_size, rounding_mode="floor")
     diff = blk[:, None] - blk[None, :]
     return (diff >= 0) & (diff % stride == 0)
+
+
+def longgen_allowed(
+    qi: torch.Tensor,
+    ki: torch.Tensor,
+    window: int | None,
+    sinks: int = 0,
+    block_size: int | None = None,
+    stride: int | None = None,
+) -> torch.Tensor:
+    """The LongGen sparse pattern, elementwise on broadcastable absolute positions.
+
+    Query ``i`` may attend key ``j`` iff ``j <= i`` and any of: ``i - j < window`` (sliding
+    window), ``j < sinks`` (attention sinks), ``(j // block_size) % stride == 0`` (strided key
+    blocks: every ``stride``-th block of ``block_size`` tokens, counted from the start).
+    ``window=None`` is plain causal attention (a "full" layer). The strided blocks are fixed
+    absolute blocks, not blocks relative to the query, so a decoder may drop every other key for
+    good (see :func:`longgen_kept_keys`). Written once as plain tensor arithmetic so that it
+    serves both as a dense mask (:func:`longgen_mask_range`) and as a FlexAttention
+    ``mask_mod`` (:mod:`asr.attention.sparse`).
+
+    Args:
+        qi, ki: integer position tensors (broadcast against each other).
+
+    Returns:
+        bool tensor of the broadcast shape, True = may attend.
+    """
+    causal = ki <= qi
+    if window is None:
+        return causal
+    if window < 1 or sinks < 0:
+        raise ValueError(f"window must be >= 1 and sinks >= 0, got {window}, {sinks}")
+    keep = ((qi - ki) < window) | (ki < sinks)
+    if stride is not None:
+        if block_size is None or block_size < 1 or stride < 1:
+            raise ValueError(f"strided blocks need block_size >= 1 and stride >= 1, got {block_size}, {stride}")
+        keep = keep | ((ki // block_size) % stride == 0)
+    return causal & keep
+
+
+def longgen_mask_range(
+    q_start: int,
+    q_len: int,
+    k_start: int,
+    k_len: int,
+    window: int | None,
+    sinks: int = 0,
+    block_size: int | None = None,
+    stride: int | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """:func:`longgen_allowed` between absolute query positions ``q_start ..`` and keys ``k_start ..``.
+
+    Returns:
+        (q_len, k_len) bool.
+
+    Example (window 2, one sink, blocks of 2 with stride 2: block 0 and block 2 are global)::
+
+        >>> longgen_mask_range(0, 7, 0, 7, 2, 1, 2, 2).int()
+        tensor([[1, 0, 0, 0, 0, 0, 0],
+                [1, 1, 0, 0, 0, 0, 0],
+                [1, 1, 1, 0, 0, 0, 0],
+                [1, 1, 1, 1, 0, 0, 0],
+                [1, 1, 0, 1, 1, 0, 0],
+                [1, 1, 0, 0, 1, 1, 0],
+                [1, 1, 0, 0, 1, 1, 1]], dtype=torch.int32)
+    """
+    qi = torch.arange(q_start, q_start + q_len, device=device)[:, None]
+    ki = torch.arange(k_start, k_start + k_len, device=device)[None, :]
+    return longgen_allowed(qi, ki, window, sinks, block_size, stride)
+
+
+def longgen_mask(
+    n: int,
+    window: int | None,
+    sinks: int = 0,
+    block_size: int | None = None,
+    stride: int | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Square (n, n) :func:`longgen_mask_range` (positions ``0 .. n - 1``)."""
+    return longgen_mask_range(0, n, 0, n, window, sinks, block_size, stride, device)
+
+
+def longgen_kept_keys(
+    length: int,
+    window: int | None,
+    sinks: int = 0,
+    block_size: int | None = None,
+    stride: int | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Which of the keys ``0 .. length - 1`` a query at position ``>= length - 1`` may still attend.
+
+    Everything else can leave the KV cache for good once ``length`` tokens were seen: this is the
+    KV memory of a LongGen layer (``sinks + window + length / stride`` keys instead of ``length``).
+
+    Returns:
+        (length,) bool.
+
+    Example::
+
+        >>> longgen_kept_keys(7, 2, 1, 2, 2).int()
+        tensor([1, 1, 0, 0, 1, 1, 1], dtype=torch.int32)
+    """
+    return longgen_mask_range(length - 1, 1, 0, length, window, sinks, block_size, stride, device)[0]
 
 
 def combine_with_padding(

@@ -11,10 +11,11 @@ One module, three ways to call it:
   length when the left context is bounded; optional FlexAttention kernel.
 
 Positions (``pos``): ``"none"``, ``"rel"`` (Transformer-XL/conformer relative positions with
-``pos_bias_u``/``pos_bias_v``) or ``"rotary"``. Both position kinds depend only on position
-differences, so cached keys stay valid. The kernel is
-``torch.nn.functional.scaled_dot_product_attention``; the relative term enters as an additive
-float mask.
+``pos_bias_u``/``pos_bias_v``), ``"rotary"`` or ``"xpos"`` (rotary with exponential decay,
+:mod:`asr.attention.xpos`). All depend only on position differences, so cached keys stay valid.
+The kernel is ``torch.nn.functional.scaled_dot_product_attention``; the relative term enters as
+an additive float mask. The long-context modules built on this class: :mod:`asr.attention.sparse`
+(LongGen), :mod:`asr.attention.paged_cache` (PagedEviction), :mod:`asr.attention.star`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from torch import nn
 from asr.attention.kv_cache import KVCache
 from asr.attention.masks import block_causal_mask_range, combine_with_padding, padding_mask
 from asr.attention.positions import RelPositionalEncoding, RotaryEmbedding, rel_shift
+from asr.attention.xpos import XPosEmbedding
 
 __all__ = ["MultiHeadAttention", "PosKind", "Kernel", "flex_available"]
 
-PosKind = Literal["none", "rel", "rotary"]
+PosKind = Literal["none", "rel", "rotary", "xpos"]
 Kernel = Literal["sdpa", "flex"]
 
 _compiled_flex: Callable | None = None
@@ -67,10 +69,11 @@ class MultiHeadAttention(nn.Module):
         d_model: model width D (divisible by ``n_heads``).
         n_heads: number of heads H.
         dropout: dropout on attention weights (training only, SDPA kernel only).
-        pos: ``"none"``, ``"rel"`` or ``"rotary"`` (self-attention only).
+        pos: ``"none"``, ``"rel"``, ``"rotary"`` or ``"xpos"`` (self-attention only).
         kv_dim: width of the memory for cross-attention (default ``d_model``).
         bias: biases in the projections.
         rotary_base, rotary_scale: rotary frequency base and position-interpolation factor.
+        xpos_scale_base: decay length of ``pos="xpos"`` (see :class:`XPosEmbedding`).
     """
 
     def __init__(
@@ -84,12 +87,13 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         rotary_base: float = 10000.0,
         rotary_scale: float = 1.0,
+        xpos_scale_base: float = 512.0,
     ) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
-        if pos not in ("none", "rel", "rotary"):
-            raise ValueError(f"pos must be 'none', 'rel' or 'rotary', got {pos!r}")
+        if pos not in ("none", "rel", "rotary", "xpos"):
+            raise ValueError(f"pos must be 'none', 'rel', 'rotary' or 'xpos', got {pos!r}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.dropout, self.pos = dropout, pos
         kv_dim = d_model if kv_dim is None else kv_dim
@@ -105,6 +109,8 @@ class MultiHeadAttention(nn.Module):
             nn.init.xavier_uniform_(self.pos_bias_v)
         elif pos == "rotary":
             self.rotary = RotaryEmbedding(self.head_dim, rotary_base, rotary_scale)
+        elif pos == "xpos":
+            self.xpos = XPosEmbedding(self.head_dim, rotary_base, xpos_scale_base)
 
     # ----------------------------------------------------------------- projections
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,12 +119,24 @@ class MultiHeadAttention(nn.Module):
     def _merge(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_proj(x.transpose(1, 2).flatten(-2))  # (B, T, D)
 
-    def project_self(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v (B, H, T, head_dim) of ``x`` (B, T, D) at positions ``start ..``; rotary applied."""
+    def project_self(
+        self, x: torch.Tensor, start: int | torch.Tensor, xpos_ref: int | torch.Tensor = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, H, T, head_dim) of ``x`` (B, T, D) at positions ``start ..``; rotary/xpos applied.
+
+        ``start`` may be a (B,) tensor (one first position per row) for rotary and xpos;
+        ``xpos_ref``: the position xpos counts its decay from (see :class:`XPosEmbedding`).
+        """
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         if self.pos == "rotary":
             q, k = self.rotary(q, start), self.rotary(k, start)
+        elif self.pos == "xpos":
+            q, k = self.xpos(q, start, key=False, ref=xpos_ref), self.xpos(k, start, key=True, ref=xpos_ref)
         return q, k, v
+
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Heads (B, H, T, head_dim) -> output projection (B, T, D) (for callers of :meth:`attend`)."""
+        return self._merge(x)
 
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v (B, H, S, head_dim) of a cross-attention memory (B, S, kv_dim); cache them across steps."""

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["sinusoid", "RelPositionalEncoding", "rel_shift", "RotaryEmbedding"]
+__all__ = ["sinusoid", "RelPositionalEncoding", "rel_shift", "RotaryEmbedding", "rotate_half_split"]
 
 
 def sinusoid(positions: torch.Tensor, dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -101,13 +101,38 @@ class RotaryEmbedding(nn.Module):
         self.base = base
         self.scale = scale
 
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Rotate ``x`` (B, H, T, head_dim) for absolute positions ``start .. start + T - 1``."""
-        t = x.shape[-2]
+    def phase(self, start: int | torch.Tensor, t: int, device: torch.device) -> torch.Tensor:
+        """Rotation angles in float64: (T, head_dim/2), or (B, 1, T, head_dim/2) for a (B,) ``start``."""
         half = self.head_dim // 2
-        inv_freq = self.base ** (-torch.arange(half, dtype=torch.float64, device=x.device) / half)
-        pos = torch.arange(start, start + t, dtype=torch.float64, device=x.device) / self.scale
-        phase = pos[:, None] * inv_freq[None, :]  # (T, half)
-        cos, sin = phase.cos().to(x.dtype), phase.sin().to(x.dtype)
-        x1, x2 = x[..., :half], x[..., half:]
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        inv_freq = self.base ** (-torch.arange(half, dtype=torch.float64, device=device) / half)
+        pos = _positions(start, t, device) / self.scale
+        return pos[..., None] * inv_freq  # (..., T, half)
+
+    def forward(self, x: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` (B, H, T, head_dim) for absolute positions ``start .. start + T - 1``.
+
+        ``start`` is an int, or a (B,) tensor giving each batch row its own first position (the
+        local blocks of Star Attention are encoded side by side at their true positions).
+        """
+        phase = self.phase(start, x.shape[-2], x.device)
+        return rotate_half_split(x, phase.cos().to(x.dtype), phase.sin().to(x.dtype))
+
+
+def _positions(start: int | torch.Tensor, t: int, device: torch.device) -> torch.Tensor:
+    """Absolute positions in float64: (T,) for an int ``start``, (B, 1, T) for a (B,) tensor."""
+    steps = torch.arange(t, dtype=torch.float64, device=device)
+    if isinstance(start, torch.Tensor):
+        return start.to(device=device, dtype=torch.float64)[:, None, None] + steps
+    return steps + start
+
+
+def rotate_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs ``(x[..., m], x[..., m + half])`` by the angles whose cos/sin are given.
+
+    Args:
+        x: (..., T, head_dim).
+        cos, sin: broadcastable to (..., T, head_dim/2).
+    """
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)

@@ -13,15 +13,18 @@ from asr.search.scorer import LENGTH_BONUS, Hypothesis
 __all__ = ["BsbsDecoder", "joint_scorers", "aligned_tokens"]
 
 
-def joint_scorers(model, ctc_weight: float, lm: TransformerLM | None = None, lm_weight: float = 0.0,
+def joint_scorers(model, ctc_weight: float, lm: TransformerLM | LMScorer | None = None, lm_weight: float = 0.0,
                   length_bonus: float = 0.0) -> tuple[dict, dict]:
-    """The scorers and weights of joint CTC/attention search (``decoder: 1 - ctc_weight``)."""
+    """The scorers and weights of joint CTC/attention search (``decoder: 1 - ctc_weight``).
+
+    ``lm`` is an LM or a ready scorer (``SessionLM.scorer()`` carries a session's context).
+    """
     if model.decoder is None:
         raise ValueError("this model has no attention decoder: use --decoder ctc or sar")
     scorers = {"decoder": DecoderScorer(model.decoder), "ctc": CTCPrefixScorer()}
     weights = {"decoder": 1.0 - ctc_weight, "ctc": ctc_weight, LENGTH_BONUS: length_bonus}
     if lm is not None and lm_weight:
-        scorers["lm"], weights["lm"] = LMScorer(lm), lm_weight
+        scorers["lm"], weights["lm"] = (lm if isinstance(lm, LMScorer) else LMScorer(lm)), lm_weight
     return scorers, weights
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
+from asr.attention.sparse import LongGenConfig
 from asr.encoder import EncoderConfig
 
 __all__ = ["DecoderConfig", "LMConfig", "SARConfig", "ModelConfig"]
@@ -23,7 +25,11 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class LMConfig:
-    """Causal transformer language model on the shared attention core (rotary positions)."""
+    """Causal transformer language model on the shared attention core.
+
+    ``pos``: ``rope`` (rotary), ``xpos`` (rotary with decay, length-extrapolating; decay length
+    ``xpos_scale_base``) or ``none``. ``longgen``: LongGen sparse layers (None = all full).
+    """
 
     d_model: int = 256
     n_heads: int = 4
@@ -31,6 +37,9 @@ class LMConfig:
     ff_mult: int = 4
     dropout: float = 0.1
     max_context: int | None = None  # KV cache bound when decoding (None = unbounded)
+    pos: Literal["rope", "xpos", "none"] = "rope"
+    xpos_scale_base: float = 512.0
+    longgen: LongGenConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,15 @@ class TransformerLayer(nn.Module):
     Args:
         d_model, n_heads, ff_mult, dropout: sizes.
         cross: add a cross-attention sublayer over a memory of width ``memory_dim``.
-        pos: positions of the self-attention (``rotary`` for token sequences, ``none`` for frames
-            that already carry position information).
+        pos: positions of the self-attention (``rotary`` or ``xpos`` for token sequences, ``none``
+            for frames that already carry position information); ``xpos_scale_base`` for ``xpos``.
     """
 
     def __init__(self, d_model: int, n_heads: int, ff_mult: int, dropout: float, *, cross: bool = False,
-                 memory_dim: int | None = None, pos: str = "rotary"):
+                 memory_dim: int | None = None, pos: str = "rotary", xpos_scale_base: float = 512.0):
         super().__init__()
         self.norm_self = nn.LayerNorm(d_model)
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, pos=pos)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, pos=pos, xpos_scale_base=xpos_scale_base)
         self.cross_attn = None
         if cross:
             self.norm_cross = nn.LayerNorm(d_model)
