@@ -10,12 +10,14 @@ output channels by flattened inputs — and stored as int8 with symmetric scales
 
 Everything else (biases, norms, embeddings, CMVN) stays as it was stored. Loading dequantizes the
 weights (``decompress_state``) so the float model holds exactly the stored int8 values times their
-scales, then :func:`quantize_linears` swaps the linear layers for :class:`Int8Linear`, which runs
+scales, then :func:`to_int8_kernels` swaps the linear layers for :class:`Int8Linear`, which runs
 PyTorch's fbgemm int8 kernel (``torch.ops.quantized.linear_dynamic``: int8 weights, activations
 quantized to int8 per call). fbgemm takes one scale per output row; ``channel`` and ``tensor``
 weights go through it unchanged, ``block`` weights are re-quantized per row from their
-dequantized values (PyTorch has no CPU int8 matmul with per-block scales). Convolutions and the
-weights of a ``float`` kernel run in float32 on the dequantized weights.
+dequantized values (PyTorch has no CPU int8 matmul with per-block scales). The subsampling's
+multi-channel Conv2d runs the same kernel on patches (:class:`Int8Conv2d`); the one-channel
+Conv2d and the depthwise Conv1d, and everything under the ``float`` kernel, run in float32 on
+the dequantized weights.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 __all__ = ["CompressionConfig", "METHODS", "quantize_weight", "dequantize_weight", "compress_state",
-           "decompress_state", "Int8Linear", "quantize_linears"]
+           "decompress_state", "Int8Linear", "Int8Conv2d", "to_int8_kernels"]
 
 Scheme = Literal["block", "channel", "tensor"]
 METHODS: dict[str, Scheme] = {"block-int8": "block", "channel-int8": "channel", "tensor-int8": "tensor"}
@@ -185,10 +187,51 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def quantize_linears(model: nn.Module) -> nn.Module:
-    """Replace every ``nn.Linear`` in ``model`` (in place) by :class:`Int8Linear`; CPU only."""
-    for name, mod in list(model.named_modules()):
-        for child_name, child in list(mod.named_children()):
+class Int8Conv2d(nn.Module):
+    """``nn.Conv2d`` (no padding, dilation 1, one group) as patches times an :class:`Int8Linear`.
+
+    The input is gathered channels-last into (B * H' * W', kh * kw * C_in) patches with one strided
+    view and one copy, multiplied by the weight reordered to (C_out, kh, kw, C_in), and returned as
+    (B, C_out, H', W') (a permuted view).
+    """
+
+    def __init__(self, linear: Int8Linear, kernel: tuple[int, int], stride: tuple[int, int]) -> None:
+        super().__init__()
+        self.linear, self.kernel, self.stride = linear, kernel, stride
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "Int8Conv2d":
+        if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding not in ((0, 0), "valid"):
+            raise ValueError("Int8Conv2d supports groups=1, dilation=1, padding=0 only")
+        c_out = conv.out_channels
+        lin = nn.Linear(conv.weight[0].numel(), c_out, bias=conv.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(conv.weight.permute(0, 2, 3, 1).reshape(c_out, -1))  # (C_out, kh*kw*C_in)
+            if conv.bias is not None:
+                lin.bias.copy_(conv.bias)
+        return cls(Int8Linear.from_linear(lin), tuple(conv.kernel_size), tuple(conv.stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, H, W) -> (B, C_out, H', W')."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        b, c, h, w = x.shape
+        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        xl = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+        st = xl.stride()
+        patches = xl.as_strided((b, ho, wo, kh, kw, c), (st[0], sh * st[1], sw * st[2], st[1], st[2], st[3]))
+        y = self.linear(patches.reshape(b * ho * wo, kh * kw * c))  # (B*H'*W', C_out)
+        return y.view(b, ho, wo, -1).permute(0, 3, 1, 2)
+
+
+def to_int8_kernels(model: nn.Module, min_conv_channels: int = 16) -> nn.Module:
+    """Replace (in place) every ``nn.Linear`` of ``model`` by :class:`Int8Linear` and every plain
+    ``nn.Conv2d`` with at least ``min_conv_channels`` input channels by :class:`Int8Conv2d`
+    (a one-channel convolution has too little work per weight to gain); CPU only."""
+    for mod in list(model.modules()):
+        for name, child in list(mod.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(mod, child_name, Int8Linear.from_linear(child))
+                setattr(mod, name, Int8Linear.from_linear(child))
+            elif (isinstance(child, nn.Conv2d) and child.in_channels >= min_conv_channels and child.groups == 1
+                  and child.dilation == (1, 1) and child.padding in ((0, 0), "valid")):
+                setattr(mod, name, Int8Conv2d.from_conv(child))
     return model

@@ -17,7 +17,7 @@ import torch
 
 from asr.config import from_dict, load_yaml, save_yaml
 from asr.features import FbankConfig
-from asr.models.compress import CompressionConfig, compress_state, decompress_state, quantize_linears
+from asr.models.compress import CompressionConfig, compress_state, decompress_state, to_int8_kernels
 from asr.models.config import ModelConfig
 from asr.models.model import AsrModel, build_model
 from asr.tokenizer import Tokenizer
@@ -86,7 +86,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.to(device).eval()
     if cfg.compression is not None and cfg.compression.kernel == "int8" and torch.device(device).type == "cpu":
-        quantize_linears(model)
+        to_int8_kernels(model)
     return LoadedModel(model, Tokenizer(path / "tokenizer.model"), cfg.features, cfg, path)
 
 
