@@ -92,20 +92,23 @@ def quantize_weight(w: torch.Tensor, scheme: Scheme, block: int = 64) -> tuple[t
     else:
         raise ValueError(f"unknown quantization scheme {scheme!r}")
     scale = (amax / 127.0).clamp_min(1e-12)
-    q = torch.round(m / _expand(scale, n, k)).clamp_(-127, 127).to(torch.int8)
+    q = torch.round(m / _expand(scale, n, k, block)).clamp_(-127, 127).to(torch.int8)
     return q.view(w.shape), scale
 
 
-def dequantize_weight(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Float32 weight of the shape of ``q`` from :func:`quantize_weight`'s output."""
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """Float32 weight of the shape of ``q`` from :func:`quantize_weight`'s output (``block``:
+    the one it was quantized with; unused for one scale per row or per tensor)."""
     m = q.reshape(q.shape[0], -1).float()
-    return (m * _expand(scale.float(), *m.shape)).view(q.shape)
+    return (m * _expand(scale.float(), *m.shape, block)).view(q.shape)
 
 
-def _expand(scale: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """(N or 1, G) scales -> (N, K): each scale covers ``ceil(K / G)`` consecutive columns."""
-    g = scale.shape[1]
-    block = math.ceil(k / g)
+def _expand(scale: torch.Tensor, n: int, k: int, block: int) -> torch.Tensor:
+    """(N or 1, G) scales -> (N, K): scale ``g`` covers columns ``g * block ..`` (all if G = 1)."""
+    if scale.shape[1] == 1:
+        return scale.expand(n, k)
+    if scale.shape[1] != math.ceil(k / block):
+        raise ValueError(f"{scale.shape[1]} scales per row do not fit {k} columns in blocks of {block}")
     return scale.repeat_interleave(block, dim=1)[:, :k].expand(n, k)
 
 
@@ -132,15 +135,16 @@ def compress_state(model: nn.Module, cfg: CompressionConfig) -> dict[str, torch.
     return out
 
 
-def decompress_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Float32 state dict (the model's own keys) from :func:`compress_state`'s output."""
+def decompress_state(state: dict[str, torch.Tensor], block: int) -> dict[str, torch.Tensor]:
+    """Float32 state dict (the model's own keys) from :func:`compress_state`'s output
+    (``block``: the config's)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.endswith(_SCALE):
             continue
         if key.endswith(_INT8):
             base = key[: -len(_INT8)]
-            out[base] = dequantize_weight(value, state[base + _SCALE])
+            out[base] = dequantize_weight(value, state[base + _SCALE], block)
         else:
             out[key] = value.float() if value.is_floating_point() else value
     return out

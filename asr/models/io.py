@@ -82,7 +82,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     model = build_model(cfg.model)
     state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
     if cfg.compression is not None:
-        state = decompress_state(state)
+        state = decompress_state(state, cfg.compression.block)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.to(device).eval()
     if cfg.compression is not None and cfg.compression.kernel == "int8" and torch.device(device).type == "cpu":
