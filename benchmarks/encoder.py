@@ -4,6 +4,7 @@
     python benchmarks/encoder.py --minutes 1 10  # shorter memory sweep
     python benchmarks/encoder.py --skip-cpu      # GPU part only
     python benchmarks/encoder.py --skip-memory   # CPU part without the memory sweep (keeps the last one)
+    python benchmarks/encoder.py --fast-step-only --reps 3   # only the fast-step table -> encoder_cpu_step.md
 
 CPU, fast step first: ms per 640 ms block of streaming ``step`` (batch 1, block 16, left 4) for the
 ``small`` preset (random weights) and the shipped models/default encoder, 1 and 2 threads, in one
@@ -217,9 +218,19 @@ def _fast_step_lines(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def run_fast_step_only(args) -> None:
+    load_start = os.getloadavg()[0]
+    fast = [row for t in (1, 2) for row in bench_fast_step(t, reps=args.reps)]
+    lines = ["# Encoder fast step on CPU", "",
+             f"Host load average (1 min) at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} on "
+             f"{os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}.", ""]
+    _write("cpu_step", {"fast_step": fast, "loadavg_1min": [load_start, os.getloadavg()[0]],
+                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}, lines + _fast_step_lines(fast))
+
+
 def run_cpu(args) -> None:
     load_start = os.getloadavg()[0]
-    fast = [row for t in (1, 2) for row in bench_fast_step(t)]
+    fast = [row for t in (1, 2) for row in bench_fast_step(t, reps=args.reps)]
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
     enc = _encoder()
@@ -349,6 +360,8 @@ def main() -> None:
     p.add_argument("--skip-cpu", action="store_true")
     p.add_argument("--skip-gpu", action="store_true")
     p.add_argument("--skip-memory", action="store_true", help="CPU part without the (long) memory sweep")
+    p.add_argument("--fast-step-only", action="store_true", help="only the fast-step table (encoder_cpu_step.md)")
+    p.add_argument("--reps", type=int, default=6, help="interleaved repetitions in the fast-step table")
     p.add_argument("--gpu-batch", type=int, default=64)
     p.add_argument("--gpu-seconds", type=float, default=15.0)
     p.add_argument("--gpu-iters", type=int, default=10)
@@ -357,6 +370,9 @@ def main() -> None:
     args = p.parse_args()
     if args.memory_child is not None:
         memory_child(args.memory_child, args.threads, args.memory_mode)
+        return
+    if args.fast_step_only:
+        run_fast_step_only(args)
         return
     if not args.skip_cpu:
         run_cpu(args)
