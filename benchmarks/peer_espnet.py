@@ -106,10 +106,9 @@ def _time_ours(enc, x: torch.Tensor) -> list[tuple[float, float]]:
     return out
 
 
-def bench_encoders(reps: int, seconds: float = 12.0) -> list[dict]:
-    rows = []
+def bench_encoders(reps: int, threads_list: list[int], rows: list[dict], on_row, seconds: float = 12.0) -> list[dict]:
     x = torch.randn(1, int(seconds * 100), 80)
-    for threads in (1, 2):
+    for threads in threads_list:
         torch.set_num_threads(threads)
         for size, (layers, units) in SIZES.items():
             variants = {"espnet": (_espnet_encoder(layers, units), _time_espnet)}
@@ -126,6 +125,7 @@ def bench_encoders(reps: int, seconds: float = 12.0) -> list[dict]:
                              "wall_ms_min": round(min(wall), 2), "wall_ms_median": round(_median(wall), 2),
                              "cpu_ms_min": round(min(cpu), 2) if threads == 1 else None})
                 print(f"  encoder: {rows[-1]}", flush=True)
+            on_row()
     return rows
 
 
@@ -180,7 +180,7 @@ def _run_stream(feed, finish, wave: torch.Tensor) -> tuple[float, float]:
     return total + final, final
 
 
-def bench_bsbs(n_utts: int, threads: int = 2) -> list[dict]:
+def bench_bsbs(n_utts: int, rows: list[dict], on_row, threads: int = 2) -> list[dict]:
     import dataclasses
 
     from asr.models.io import LoadedModel, default_model_dir, load_model_dir
@@ -196,7 +196,6 @@ def bench_bsbs(n_utts: int, threads: int = 2) -> list[dict]:
     random = dataclasses.replace(trained, model=random_model) if dataclasses.is_dataclass(trained) else LoadedModel(
         random_model, trained.tokenizer, trained.features, trained.config, trained.path)
     cfg = RecognizerConfig(decoder="bsbs", block_ms=640, beam=10, ctc_weight=0.3)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         esp = _espnet_streaming(Path(tmp), trained.config.model.vocab_size)
         systems = {"espnet Speech2TextStreaming (random)": None, "ours bsbs (models/default)": trained,
@@ -218,6 +217,7 @@ def bench_bsbs(n_utts: int, threads: int = 2) -> list[dict]:
                          "rtf": round(sum(totals) / audio_s, 3), "final_latency_ms_p50": round(_median(finals) * 1000),
                          "final_latency_ms_max": round(max(finals) * 1000)})
             print(f"  bsbs: {rows[-1]}", flush=True)
+            on_row()
     return rows
 
 
@@ -225,14 +225,27 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each encoder (+1 warm-up)")
     p.add_argument("--utts", type=int, default=6, help="speechocean762 dev utterances for the BSBS part")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts of the encoder part")
     p.add_argument("--skip-bsbs", action="store_true")
     args = p.parse_args()
     _need_espnet()
+    load0 = os.getloadavg()[0]
+    enc_rows: list[dict] = []
+    bsbs_rows: list[dict] = []
+
+    def write() -> None:  # after every finished group of rows, so a cut-short run keeps what it measured
+        _write(load0, enc_rows, bsbs_rows)
+
+    bench_encoders(args.reps, args.threads, enc_rows, write)
+    if not args.skip_bsbs:
+        bench_bsbs(args.utts, bsbs_rows, write)
+    write()
+    print((RESULTS / "peer_espnet.md").read_text())
+
+
+def _write(load0: float, enc_rows: list[dict], bsbs_rows: list[dict]) -> None:
     import espnet
 
-    load0 = os.getloadavg()[0]
-    enc_rows = bench_encoders(args.reps)
-    bsbs_rows = [] if args.skip_bsbs else bench_bsbs(args.utts)
     load1 = os.getloadavg()[0]
     result = {"espnet": espnet.__version__, "torch": torch.__version__, "loadavg_1min": [load0, load1],
               "encoder": enc_rows, "bsbs": bsbs_rows}
@@ -259,7 +272,6 @@ def main() -> None:
                   "| system | RTF | final latency p50 ms | max ms |", "|---|---|---|---|"]
         lines += [f"| {r['system']} | {r['rtf']} | {r['final_latency_ms_p50']} | {r['final_latency_ms_max']} |" for r in bsbs_rows]
     (RESULTS / "peer_espnet.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
