@@ -3,8 +3,18 @@
     python benchmarks/encoder.py                 # CPU part (2 threads); GPU part too if CUDA is available
     python benchmarks/encoder.py --minutes 1 10  # shorter memory sweep
     python benchmarks/encoder.py --skip-cpu      # GPU part only
+    python benchmarks/encoder.py --skip-memory   # CPU part without the memory sweep (keeps the last one)
+    python benchmarks/encoder.py --fast-step-only --reps 3   # only the fast-step table -> encoder_cpu_step.md
 
-CPU (``--threads``, default 2): streaming ``step`` latency per 640 ms block (block 16 frames, left 4
+CPU, fast step first: ms per 640 ms block of streaming ``step`` (batch 1, block 16, left 4) for the
+``small`` preset (random weights) and the shipped models/default encoder, 1 and 2 threads, in one
+run with the variants interleaved: ``before`` (the step as it was before issue 16, emulated: no_grad,
+relative-position table recomputed every block, depthwise conv through nn.Conv1d), ``float`` (today:
+inference_mode, cached table, tap-sum depthwise conv) and ``block-int8`` (asr export --compress
+block-int8 weights on fbgemm int8 kernels). Wall time min/median, and on 1 thread the thread's CPU
+time (``time.thread_time``), which excludes waiting for the core on a shared host.
+
+Then (``--threads``, default 2): streaming ``step`` latency per 640 ms block (block 16 frames, left 4
 blocks) at batch 1 and 8; offline real-time factor of ``forward`` on 10 s; peak RSS of ``forward``
 (no_grad, block 16 / left 4) against input length, each length in a fresh subprocess, and of
 ``step`` over the same stream fed in 10 s chunks (bounded state).
@@ -30,7 +40,10 @@ from pathlib import Path
 
 import torch
 
+from asr.attention.positions import RelPositionalEncoding
 from asr.encoder import ConformerEncoder, EncoderConfig
+from asr.encoder.layers import CausalConvModule
+from asr.models.compress import CompressionConfig, compress_state, decompress_state, to_int8_kernels
 
 RESULTS = Path(__file__).parent / "results"
 FEAT_PER_S = 100  # 10 ms feature shift
@@ -56,7 +69,7 @@ def bench_streaming(enc: ConformerEncoder, batch: int, seconds: float = 20.0) ->
     x = torch.randn(batch, int(seconds * FEAT_PER_S), 80)
     chunk = BLOCK * 4  # feature frames per 640 ms
     times = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for rep in range(2):  # first pass warms up
             state = enc.init_state(batch, BLOCK, LEFT)
             for i in range(0, x.shape[1], chunk):
@@ -73,7 +86,7 @@ def bench_streaming(enc: ConformerEncoder, batch: int, seconds: float = 20.0) ->
 def bench_offline(enc: ConformerEncoder, block_size: int | None, left: int | None, seconds: float = 10.0) -> dict:
     x = torch.randn(1, int(seconds * FEAT_PER_S), 80)
     lens = torch.tensor([x.shape[1]])
-    with torch.no_grad():
+    with torch.inference_mode():
         enc(x, lens, block_size, left)
         times = []
         for _ in range(5):
@@ -93,7 +106,7 @@ def memory_child(minutes: float, threads: int, mode: str) -> None:
     x = torch.randn(1, int(minutes * 60 * FEAT_PER_S), 80)
     rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.inference_mode():
         if mode == "forward":
             n_frames = enc(x, torch.tensor([x.shape[1]]), BLOCK, LEFT)[0].shape[1]
         else:
@@ -119,7 +132,105 @@ def bench_memory(minutes: list[float], threads: int, step_minutes: list[float]) 
     return rows
 
 
+# ------------------------------------------------------------------------------- fast step
+def _before_patches():
+    """Patches that restore the pre-issue-16 step (for the before/after table)."""
+    def rel_pos_uncached(self, max_dist, count, device, dtype):
+        return self._compute(max_dist, count, device, dtype)
+
+    def depthwise_conv1d(self, h):
+        return self.depthwise(h.transpose(1, 2)).transpose(1, 2)
+
+    return {(RelPositionalEncoding, "forward"): rel_pos_uncached, (CausalConvModule, "_depthwise"): depthwise_conv1d}
+
+
+def _int8_copy(enc: ConformerEncoder) -> ConformerEncoder:
+    """The encoder as ``asr export --compress block-int8`` stores it and ``load_model_dir`` runs it."""
+    cfg = CompressionConfig("block-int8", block=64)
+    out = ConformerEncoder(enc.cfg).eval()
+    out.load_state_dict({k: v.float() for k, v in decompress_state(compress_state(enc, cfg), cfg.block).items()})
+    return to_int8_kernels(out)
+
+
+def _step_times(enc: ConformerEncoder, x: torch.Tensor, grad_ctx) -> list[tuple[float, float]]:
+    """(wall ms, thread CPU ms) of each 640 ms step after the left context has filled."""
+    chunk, out = BLOCK * 4, []
+    with grad_ctx():
+        state = enc.init_state(1, BLOCK, LEFT)
+        for i in range(0, x.shape[1] - chunk + 1, chunk):
+            w0, c0 = time.perf_counter(), time.thread_time()
+            y, state = enc.step(x[:, i : i + chunk], state)
+            if i >= chunk * (LEFT + 1) and y.shape[1]:
+                out.append(((time.perf_counter() - w0) * 1000, (time.thread_time() - c0) * 1000))
+    return out
+
+
+def bench_fast_step(threads: int, reps: int = 6, seconds: float = 12.0) -> list[dict]:
+    """before / float / block-int8 step of the small preset and the shipped encoder, interleaved."""
+    from asr.models.io import default_model_dir, load_model_dir
+
+    torch.set_num_threads(threads)
+    encoders = {"small": _encoder(), "models/default": load_model_dir(default_model_dir()).model.encoder}
+    x = torch.randn(1, int(seconds * FEAT_PER_S), 80)
+    rows = []
+    for name, enc in encoders.items():
+        variants = {"before": (enc, torch.no_grad, _before_patches()), "float": (enc, torch.inference_mode, {}),
+                    "block-int8": (_int8_copy(enc), torch.inference_mode, {})}
+        times: dict[str, list] = {v: [] for v in variants}
+        for rep in range(reps + 1):  # rep 0 warms up
+            for v, (e, ctx, patches) in variants.items():
+                saved = {key: getattr(*key) for key in patches}
+                for (cls, attr), fn in patches.items():
+                    setattr(cls, attr, fn)
+                try:
+                    t = _step_times(e, x, ctx)
+                finally:
+                    for (cls, attr), fn in saved.items():
+                        setattr(cls, attr, fn)
+                if rep:
+                    times[v] += t
+        for v, t in times.items():
+            wall, cpu = [a for a, _ in t], [b for _, b in t]
+            rows.append({"encoder": name, "variant": v, "threads": threads, "steps": len(t),
+                         "wall_ms_min": round(min(wall), 2), "wall_ms_median": round(_median(wall), 2),
+                         "cpu_ms_min": round(min(cpu), 2) if threads == 1 else None,
+                         "cpu_ms_median": round(_median(cpu), 2) if threads == 1 else None})
+            print(f"  fast step: {rows[-1]}", flush=True)
+    return rows
+
+
+def _fast_step_lines(rows: list[dict]) -> list[str]:
+    lines = ["## Fast step: ms per 640 ms block (batch 1, block 16, left 4 blocks)", "",
+             "`before` emulates the step before issue 16 (no_grad, relative-position table recomputed per block,",
+             "depthwise conv through nn.Conv1d); `float` is today's step (inference_mode); `block-int8` is the",
+             "same encoder as `asr export --compress block-int8` stores it, on fbgemm int8 kernels. Variants",
+             "interleaved in one process. CPU = the thread's own CPU time (1 thread only): the host is shared,",
+             "so wall time includes waiting for a core.", "",
+             "| encoder | threads | variant | wall min | wall median | CPU min | CPU median | speed-up (min, vs before) |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = {(r["encoder"], r["threads"]): r for r in rows if r["variant"] == "before"}
+    for r in rows:
+        b = base[(r["encoder"], r["threads"])]
+        key = "cpu_ms_min" if r["cpu_ms_min"] is not None else "wall_ms_min"
+        lines.append(f"| {r['encoder']} | {r['threads']} | {r['variant']} | {r['wall_ms_min']} | {r['wall_ms_median']} | "
+                     f"{r['cpu_ms_min'] if r['cpu_ms_min'] is not None else '-'} | "
+                     f"{r['cpu_ms_median'] if r['cpu_ms_median'] is not None else '-'} | {b[key] / r[key]:.2f}x |")
+    return lines + [""]
+
+
+def run_fast_step_only(args) -> None:
+    load_start = os.getloadavg()[0]
+    fast = [row for t in (1, 2) for row in bench_fast_step(t, reps=args.reps)]
+    lines = ["# Encoder fast step on CPU", "",
+             f"Host load average (1 min) at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} on "
+             f"{os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}.", ""]
+    _write("cpu_step", {"fast_step": fast, "loadavg_1min": [load_start, os.getloadavg()[0]],
+                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}, lines + _fast_step_lines(fast))
+
+
 def run_cpu(args) -> None:
+    load_start = os.getloadavg()[0]
+    fast = [row for t in (1, 2) for row in bench_fast_step(t, reps=args.reps)]
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
     enc = _encoder()
@@ -129,13 +240,21 @@ def run_cpu(args) -> None:
     print(f"  streaming: {streaming}", flush=True)
     offline = [bench_offline(enc, None, None), bench_offline(enc, BLOCK, LEFT)]
     print(f"  offline: {offline}", flush=True)
-    memory = bench_memory(args.minutes, args.threads, args.step_minutes)
-    result = {"device": "cpu", "threads": args.threads, "params": params, "streaming": streaming,
+    memory_note = ""
+    if args.skip_memory:
+        old = RESULTS / "encoder_cpu.json"
+        memory = json.loads(old.read_text()).get("memory", []) if old.is_file() else []
+        memory_note = " (not re-run: the rows of the previous run)"
+    else:
+        memory = bench_memory(args.minutes, args.threads, args.step_minutes)
+    result = {"device": "cpu", "threads": args.threads, "params": params, "fast_step": fast, "streaming": streaming,
               "offline": offline, "memory": memory, "loadavg_1min": [load_start, os.getloadavg()[0]]}
     lines = [f"# Encoder on CPU ({args.threads} threads), small preset, {params / 1e6:.1f}M params", "",
              f"Host load average (1 min) at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} on "
-             f"{os.cpu_count()} cores; times above the minimum include interference from other jobs.", "",
-             f"Streaming `step`, {BLOCK * 40} ms blocks ({BLOCK} frames), {LEFT} blocks left context:", "",
+             f"{os.cpu_count()} cores; times above the minimum include interference from other jobs.", ""]
+    lines += _fast_step_lines(fast)
+    lines += [f"## Streaming `step` ({args.threads} threads), {BLOCK * 40} ms blocks ({BLOCK} frames), "
+              f"{LEFT} blocks left context:", "",
              "| batch | ms per block (min) | median | p95 | audio x real time at min (all streams) |",
              "|---|---|---|---|---|"]
     lines += [f"| {s['batch']} | {s['ms_per_block_min']} | {s['ms_per_block_median']} | {s['ms_per_block_p95']} | "
@@ -144,7 +263,8 @@ def run_cpu(args) -> None:
               "| block | left | RTF (min of 5) | RTF (median) |", "|---|---|---|---|"]
     lines += [f"| {o['block_size'] or 'full'} | {o['left_blocks'] if o['left_blocks'] is not None else '-'} | "
               f"{o['rtf']} | {o['rtf_median']} |" for o in offline]
-    lines += ["", f"Peak RSS (no_grad, block {BLOCK}, left {LEFT}), fresh process per row; `step` is fed 10 s chunks:", "",
+    lines += ["", f"Peak RSS (no_grad, block {BLOCK}, left {LEFT}), fresh process per row; `step` is fed 10 s chunks"
+              f"{memory_note}:", "",
               "| path | input | encoder frames | seconds | RTF | RSS before MB | peak RSS MB | extra MB |",
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {m['mode']} | {m['minutes']} min | {m['encoder_frames']} | {m['seconds']} | {m['rtf']} | "
@@ -239,6 +359,9 @@ def main() -> None:
     p.add_argument("--step-minutes", type=float, nargs="*", default=[1, 10])
     p.add_argument("--skip-cpu", action="store_true")
     p.add_argument("--skip-gpu", action="store_true")
+    p.add_argument("--skip-memory", action="store_true", help="CPU part without the (long) memory sweep")
+    p.add_argument("--fast-step-only", action="store_true", help="only the fast-step table (encoder_cpu_step.md)")
+    p.add_argument("--reps", type=int, default=6, help="interleaved repetitions in the fast-step table")
     p.add_argument("--gpu-batch", type=int, default=64)
     p.add_argument("--gpu-seconds", type=float, default=15.0)
     p.add_argument("--gpu-iters", type=int, default=10)
@@ -247,6 +370,9 @@ def main() -> None:
     args = p.parse_args()
     if args.memory_child is not None:
         memory_child(args.memory_child, args.threads, args.memory_mode)
+        return
+    if args.fast_step_only:
+        run_fast_step_only(args)
         return
     if not args.skip_cpu:
         run_cpu(args)

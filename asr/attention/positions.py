@@ -43,15 +43,35 @@ class RelPositionalEncoding(nn.Module):
     ``forward(max_dist, count)`` returns embeddings for the descending distances
     ``max_dist, max_dist - 1, ..., max_dist - count + 1`` (distance = query position - key
     position), projected per head: (count, H, head_dim). Use with :func:`rel_shift`.
+
+    Without autograd the result is cached per ``(max_dist, count, device, dtype)``: a streaming
+    encoder asks for the same distances every block, and the cached tensor is the one the
+    computation gives (bit-identical). The key includes the projection's parameter versions, so
+    changing the weights (``load_state_dict``, an optimiser step) invalidates it.
     """
+
+    _CACHE_SIZE = 16
 
     def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         self.d_model = d_model
         self.n_heads = n_heads
         self.linear_pos = nn.Linear(d_model, d_model, bias=False)
+        self._cache: dict[tuple, torch.Tensor] = {}
 
     def forward(self, max_dist: int, count: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self._compute(max_dist, count, device, dtype)
+        params = tuple((t.data_ptr(), t._version) for t in (*self.linear_pos.parameters(), *self.linear_pos.buffers()))
+        key = (max_dist, count, str(device), dtype, params, id(self.linear_pos))
+        out = self._cache.get(key)
+        if out is None:
+            if len(self._cache) >= self._CACHE_SIZE:
+                self._cache.clear()
+            out = self._cache[key] = self._compute(max_dist, count, device, dtype)
+        return out
+
+    def _compute(self, max_dist: int, count: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         dist = torch.arange(max_dist, max_dist - count, -1, device=device)
         emb = sinusoid(dist, self.d_model, dtype)  # (count, D)
         return self.linear_pos(emb).view(count, self.n_heads, self.d_model // self.n_heads)
