@@ -92,7 +92,7 @@ def _encoder_times(dirs: dict[str, Path], reps: int = 6, seconds: float = 12.0) 
 def _start_wer(model_dir: Path, max_utts: int, out: Path) -> subprocess.Popen:
     """``asr decode`` of one variant in a subprocess (all variants run at once; WER does not
     depend on speed, and the RTF column is then measured under their shared load)."""
-    cmd = [sys.executable, "-m", "asr.cli.main", "decode", "--model", str(model_dir), "--data", str(DATA),
+    cmd = [sys.executable, "-m", "blockasr", "decode", "--model", str(model_dir), "--data", str(DATA),
            "--max-utts", str(max_utts), "--decoder", "ctc", "--block-ms", "640", "--threads", "1",
            "--out", str(out), "--quiet"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)

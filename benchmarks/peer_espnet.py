@@ -185,7 +185,8 @@ def bench_bsbs(n_utts: int, rows: list[dict], on_row, threads: int = 2) -> list[
 
     from asr.models.io import LoadedModel, default_model_dir, load_model_dir
     from asr.models.model import build_model
-    from streaming import Recognizer, RecognizerConfig
+    from asr.inference import InferenceConfig
+    from streaming import Recognizer
 
     torch.set_num_threads(threads)
     utts = _utterances(n_utts)
@@ -195,7 +196,7 @@ def bench_bsbs(n_utts: int, rows: list[dict], on_row, threads: int = 2) -> list[
     random_model = build_model(trained.config.model).eval()
     random = dataclasses.replace(trained, model=random_model) if dataclasses.is_dataclass(trained) else LoadedModel(
         random_model, trained.tokenizer, trained.features, trained.config, trained.path)
-    cfg = RecognizerConfig(decoder="bsbs", block_ms=640, beam=10, ctc_weight=0.3)
+    cfg = InferenceConfig(decoder="bsbs", block_ms=640, beam=10, ctc_weight=0.3)
     with tempfile.TemporaryDirectory() as tmp:
         esp = _espnet_streaming(Path(tmp), trained.config.model.vocab_size)
         systems = {"espnet Speech2TextStreaming (random)": None, "ours bsbs (models/default)": trained,

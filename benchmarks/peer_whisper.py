@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recipes.text import normalize_text  # noqa: E402
+from asr.text import normalize_text  # noqa: E402
 
 __all__ = ["number_to_words", "normalise_whisper"]
 
@@ -94,7 +94,7 @@ def _spell(m: re.Match) -> str:
 
 
 def normalise_whisper(text: str) -> str:
-    """Whisper's text in the references' convention (``recipes.text.normalize_text``: upper-case words
+    """Whisper's text in the references' convention (``asr.text.normalize_text``: upper-case words
     of letters and apostrophes) with numbers spelled out: ``"Chapter 7, Our Virtues."`` ->
     ``"CHAPTER SEVEN OUR VIRTUES"``; ``"215"`` -> ``"TWO HUNDRED FIFTEEN"``; ``"1,000"``, ``"3.5"``,
     ``"21st"``, ``"50%"``, ``"$5"`` and ``"&"`` as read. Digit strings are read as one number

@@ -156,7 +156,7 @@ def test_compressed_model_decodes_like_float(default_int8):
 
 
 def test_transcribe_cli_uses_compressed_model(default_int8, capsys):
-    from asr.cli.main import main
+    from blockasr.cli import main
 
     wav = default_model_dir().parents[1] / "samples" / "slt_fox.wav"
     assert main(["transcribe", str(wav), "--model", str(default_int8), "--decoder", "ctc", "--format", "json"]) == 0

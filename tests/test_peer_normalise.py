@@ -4,7 +4,7 @@ prints digits and punctuation, our references spell numbers out in upper-case wo
 import pytest
 
 from benchmarks.peer_whisper import normalise_whisper, number_to_words
-from recipes.text import normalize_text
+from asr.text import normalize_text
 
 
 @pytest.mark.parametrize("n, words", [

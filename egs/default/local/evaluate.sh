@@ -33,7 +33,7 @@ if [ "${SYNTH:-0}" = 1 ]; then
     mkdir -p data
     "$python" -c "
 import sys
-from recipes.text import normalize_text
+from asr.text import normalize_text
 lines = open(sys.argv[1]).read().splitlines()
 print('\n'.join(t for i, l in enumerate(lines) if i % 100 == 0 and (t := normalize_text(l))))
 " "$shared/text/brown.txt" > data/heldout_prompts.txt

@@ -31,7 +31,7 @@ _text() {  # _text OUT_DIR
   # shellcheck disable=SC2086
   "$python" - "$shared/text/brown.txt" "$shared/text/ljspeech_transcripts.txt" "$1" $dev_texts <<'EOF'
 import sys
-from recipes.text import normalize_text
+from asr.text import normalize_text
 brown, ljspeech, out, dev = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 banned = {normalize_text(line.split(maxsplit=1)[1]) for f in dev for line in open(f) if len(line.split()) > 1}
 heldout, train, dropped = [], [], 0
