@@ -26,7 +26,7 @@ from asr.models.io import LoadedModel
 from asr.models.lm import TransformerLM
 from streaming.endpoint import EndpointConfig, Endpointer
 
-__all__ = ["FLUSH_PAD_MS", "Result", "Recognizer", "decode_round", "process_batch"]
+__all__ = ["FLUSH_PAD_MS", "flush_pad", "Result", "Recognizer", "decode_round", "process_batch"]
 
 # Digital silence appended at the end of the stream (finalize). Without it the last ~100-300 ms of
 # speech never reach an encoder frame in which the model can emit them: the fbank drops the last
@@ -34,7 +34,17 @@ __all__ = ["FLUSH_PAD_MS", "Result", "Recognizer", "decode_round", "process_batc
 # CTC model spikes a token some frames after its sound. A clip that stopped right after the
 # speech lost its last word ("OVER LOND" for "OVER LONDON", models/default); 400 ms gave the same
 # text as 1 s of appended silence on every flite clip we tried, 80-300 ms not always.
+# The pad is a faint, fixed noise (-50 dBFS, a quiet room), not digital zeros: the log-mel of
+# exact zeros lies far below anything a model hears in training, and a small model emitted junk
+# tokens on it ("GOOD MORNING TO YOUED", tests/test_batch_decode.py).
 FLUSH_PAD_MS = 400
+FLUSH_PAD_LEVEL = 0.003
+
+
+def flush_pad(sample_rate: int = 16000) -> torch.Tensor:
+    """The samples :meth:`Recognizer.finalize` appends (the same every time)."""
+    g = torch.Generator().manual_seed(0)
+    return FLUSH_PAD_LEVEL * torch.randn(sample_rate * FLUSH_PAD_MS // 1000, generator=g)
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,7 @@ class Recognizer:
             return []
         rate = self.loaded.features.sample_rate
         audio_s = round(self.samples / rate, 3)
-        pad = torch.zeros(rate * FLUSH_PAD_MS // 1000)
+        pad = flush_pad(rate)
         results = self.decode(*self.step_encoder(self.encoder_input(pad), final=True))
         results.append(self._end_segment(always=True))
         self.finished = True
