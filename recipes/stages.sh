@@ -40,8 +40,10 @@
 blockasr_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$blockasr_root${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python3}
-# The checkout's own command line (an installed `asr` console script may belong to another checkout).
-asr() { "$python" -m blockasr "$@"; }
+if ! command -v asr >/dev/null 2>&1; then
+  # Not installed (`pip install -e .` gives the console script): run the package from the checkout.
+  asr() { "$python" -m blockasr "$@"; }
+fi
 
 stage=${stage:-0}
 stop_stage=${stop_stage:-100}

@@ -141,7 +141,7 @@ def test_compressed_model_decodes_like_float(default_int8):
     from asr.audio import load_audio
     from asr.features import Fbank
 
-    wave = load_audio(default_model_dir().parents[1] / "samples" / "slt_fox.wav")
+    wave = load_audio(default_model_dir().parents[1] / "samples" / "so3027_what_in_short.wav")
     texts = []
     for path in (default_model_dir(), default_int8):
         loaded = load_model_dir(path)
@@ -158,7 +158,7 @@ def test_compressed_model_decodes_like_float(default_int8):
 def test_transcribe_cli_uses_compressed_model(default_int8, capsys):
     from blockasr.cli import main
 
-    wav = default_model_dir().parents[1] / "samples" / "slt_fox.wav"
+    wav = default_model_dir().parents[1] / "samples" / "so3027_what_in_short.wav"
     assert main(["transcribe", str(wav), "--model", str(default_int8), "--decoder", "ctc", "--format", "json"]) == 0
     out = capsys.readouterr().out
     assert json.loads(out.strip().splitlines()[-1])["text"].strip()
