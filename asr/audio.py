@@ -10,7 +10,9 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "audio_duration", "resample", "stream_audio"]
+__all__ = [
+    "SAMPLE_RATE", "AudioError", "StreamResampler", "load_audio", "audio_duration", "resample", "stream_audio",
+]
 
 SAMPLE_RATE = 16000
 
@@ -114,9 +116,9 @@ def _describe(path: str | Path, error: Exception) -> str:
 
 def stream_audio(path: str | Path, chunk_seconds: float = 10.0):
     """Yield 16 kHz mono float32 chunks of ``path`` without reading the whole file (hours-long
-    audio in bounded memory). Resampling is done per chunk with ``_RESAMPLE_PAD`` input samples of
-    context on both sides, so the concatenated chunks equal :func:`load_audio` (up to float
-    rounding) at any rate.
+    audio in bounded memory), resampled by a :class:`StreamResampler`: the concatenated chunks equal
+    :func:`load_audio` (up to float rounding) at any rate, and a server resampling a live stream
+    gets the same samples.
     """
     path = Path(path)
     try:
@@ -125,22 +127,68 @@ def stream_audio(path: str | Path, chunk_seconds: float = 10.0):
         raise AudioError(_describe(path, e)) from None
     with f:
         _check_complete(f, path)
-        sr = f.samplerate
-        g = np.gcd(sr, SAMPLE_RATE)
-        unit = sr // g  # input samples per (SAMPLE_RATE // g) output samples: chunks cut on this grid
-        step = max(unit, int(chunk_seconds * sr) // unit * unit)
-        pad = 0 if sr == SAMPLE_RATE else -(-_RESAMPLE_PAD // unit) * unit
-        ratio = SAMPLE_RATE // g
-        start = 0
-        while start < f.frames:
-            lo = max(0, start - pad)
-            f.seek(lo)
-            data = f.read(min(f.frames, start + step + pad) - lo, dtype="float32", always_2d=True)
-            wave = resample(torch.from_numpy(np.ascontiguousarray(data.mean(axis=1))), sr)
-            first = (start - lo) // unit * ratio
-            count = -(-(min(step, f.frames - start)) * SAMPLE_RATE // sr)
-            yield wave[first:first + count].contiguous()
-            start += step
+        resampler = StreamResampler(f.samplerate)
+        step = max(1, int(chunk_seconds * f.samplerate))
+        while True:
+            data = f.read(step, dtype="float32", always_2d=True)
+            if not len(data):
+                break
+            out = resampler.accept(data.mean(axis=1))
+            if out.size:
+                yield torch.from_numpy(out)
+        out = resampler.flush()
+        if out.size:
+            yield torch.from_numpy(out)
+
+
+class StreamResampler:
+    """Resample a stream to ``new_sr`` chunk by chunk, with any chunk sizes.
+
+    Input is cut on the grid where input and output samples align (``orig_sr / gcd`` input samples)
+    and each piece is resampled with ``_RESAMPLE_PAD`` input samples of context on both sides, so the
+    concatenated outputs equal :func:`resample` of the whole stream up to float rounding. An output
+    sample waits for that right context: about 32 ms of latency at 16 kHz input (none when
+    ``orig_sr == new_sr``).
+    """
+
+    def __init__(self, orig_sr: int, new_sr: int = SAMPLE_RATE) -> None:
+        if orig_sr <= 0 or new_sr <= 0:
+            raise ValueError(f"sample rates must be > 0, got {orig_sr} and {new_sr}")
+        g = int(np.gcd(orig_sr, new_sr))
+        self.orig_sr, self.new_sr = orig_sr, new_sr
+        self._unit, self._ratio = orig_sr // g, new_sr // g  # input / output samples per grid step
+        self._pad = 0 if orig_sr == new_sr else -(-_RESAMPLE_PAD // self._unit) * self._unit
+        self._buf = np.zeros(0, np.float32)  # input samples from index self._lo on
+        self._lo = 0
+        self._start = 0  # first input sample not yet resampled (on the grid)
+        self._total = 0  # input samples accepted
+
+    def accept(self, samples: np.ndarray) -> np.ndarray:
+        """Take input samples (N,), return the output samples they complete (float32, maybe empty)."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._buf = np.concatenate([self._buf, samples]) if self._buf.size else samples.copy()
+        self._total += samples.size
+        return self._emit((self._total - self._pad) // self._unit * self._unit)
+
+    def flush(self) -> np.ndarray:
+        """End of stream: the remaining output samples."""
+        return self._emit(self._total)
+
+    def _emit(self, end: int) -> np.ndarray:
+        if end <= self._start:
+            return np.zeros(0, np.float32)
+        if self.orig_sr == self.new_sr:
+            out = self._buf[self._start - self._lo:end - self._lo]
+        else:
+            lo, hi = max(0, self._start - self._pad), min(self._total, end + self._pad)
+            piece = torch.from_numpy(np.ascontiguousarray(self._buf[lo - self._lo:hi - self._lo]))
+            wave = resample(piece, self.orig_sr, self.new_sr).numpy()
+            first = (self._start - lo) // self._unit * self._ratio
+            out = wave[first:first + -(-(end - self._start) * self.new_sr // self.orig_sr)]
+        self._start = end
+        keep = max(self._lo, self._start - self._pad)  # the left context of the next piece
+        self._buf, self._lo = self._buf[keep - self._lo:], keep
+        return np.ascontiguousarray(out, dtype=np.float32)
 
 
 _RESAMPLE_PAD = 512  # input samples of context per side; covers torchaudio's sinc kernel

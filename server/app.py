@@ -81,6 +81,7 @@ class AsrServer:
             max_chunk_samples=int(config.max_chunk_s * SAMPLE_RATE),
             max_pending_samples=int(config.max_pending_s * SAMPLE_RATE),
             on_latency=self.metrics.partial_latency.observe,
+            on_pass=self.metrics.model_pass,
         )
         self.ctx = Context(config=config, scheduler=self.scheduler, metrics=self.metrics, sleep=sleep)
         self._ws: Server | None = None

@@ -139,6 +139,7 @@ async def _stream(
     input_s: float | None = None,
 ) -> Transcript:
     transcript = Transcript(input_s=input_s)
+    rate = int((start or {}).get("sample_rate", SAMPLE_RATE))  # the frames' rate; audio_s is in seconds
     sent_ends: list[int] = []  # cumulative samples after each frame
     sent_times: list[float] = []
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -162,7 +163,7 @@ async def _stream(
                     transcript.processed_s = float(msg["audio_s"])
                     progress.set()
                 if kind in ("partial", "final") and sent_ends:
-                    i = min(bisect.bisect_left(sent_ends, round(msg.get("audio_s", 0.0) * SAMPLE_RATE)), len(sent_ends) - 1)
+                    i = min(bisect.bisect_left(sent_ends, round(msg.get("audio_s", 0.0) * rate)), len(sent_ends) - 1)
                     transcript.latencies_s.append(time.monotonic() - sent_times[i])
                 if kind == "partial":
                     transcript.num_partials += 1
@@ -184,7 +185,7 @@ async def _stream(
             while (
                 max_ahead_s is not None
                 and not receiver.done()
-                and total / SAMPLE_RATE - transcript.processed_s > max_ahead_s
+                and total / rate - transcript.processed_s > max_ahead_s
             ):
                 progress.clear()
                 waiter = asyncio.ensure_future(progress.wait())
@@ -211,23 +212,23 @@ async def _stream(
                 # the receiver reports why; AttributeError: asyncio's transport.abort() on a connection
                 # already lost (websockets' send after a keepalive timeout), i.e. the same thing
                 pass
-            transcript.audio_s = total / SAMPLE_RATE
+            transcript.audio_s = total / rate
             try:
                 await receiver
             except ConnectionClosed as exc:
                 raise ClientError(f"connection lost before the final result ({exc})", transcript) from None
         finally:
             receiver.cancel()
-    transcript.audio_s = total / SAMPLE_RATE
+    transcript.audio_s = total / rate
     transcript.wall_s = time.monotonic() - began
     return transcript
 
 
-async def _paced(frames: Iterable[np.ndarray], realtime: bool) -> AsyncIterator[np.ndarray]:
+async def _paced(frames: Iterable[np.ndarray], realtime: bool, rate: int) -> AsyncIterator[np.ndarray]:
     began, sent = time.monotonic(), 0
     for frame in frames:
         if realtime:  # send each frame when its audio would have been captured
-            delay = began + sent / SAMPLE_RATE - time.monotonic()
+            delay = began + sent / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
         yield frame
@@ -245,12 +246,13 @@ async def astream_frames(
     insecure: bool = False,
     max_ahead_s: float | None = 5.0,
 ) -> Transcript:
-    """Stream int16 frames of any sizes (each (n,) int16 16 kHz) over the native protocol.
+    """Stream int16 frames of any sizes (each (n,) int16, 16 kHz unless `start` gives another
+    `sample_rate`) over the native protocol.
 
     Args:
         url: `ws://host:port` (the `/asr` path is added) or a full `ws(s)://.../asr` URL.
         realtime: pace the frames at the audio's own rate; else send as fast as the server reads.
-        start: extra fields of the start message (decoder, block_ms, nbest, timestamps).
+        start: extra fields of the start message (sample_rate, decoder, block_ms, nbest, timestamps).
         token: bearer token, when the server needs one.
         on_message: called with every server message (dict), e.g. to print partials.
         insecure: accept a self-signed TLS certificate.
@@ -262,9 +264,10 @@ async def astream_frames(
     """
     if max_ahead_s is not None and max_ahead_s < 2 * ACK_EVERY_S:
         raise ValueError(f"max_ahead_s must be >= {2 * ACK_EVERY_S:g} s (the server acknowledges every {ACK_EVERY_S:g} s)")
-    input_s = sum(f.size for f in frames) / SAMPLE_RATE if isinstance(frames, (list, tuple)) else None
+    rate = int((start or {}).get("sample_rate", SAMPLE_RATE))
+    input_s = sum(f.size for f in frames) / rate if isinstance(frames, (list, tuple)) else None
     return await _stream(
-        url, _paced(frames, realtime), start=start, token=token, on_message=on_message, insecure=insecure,
+        url, _paced(frames, realtime, rate), start=start, token=token, on_message=on_message, insecure=insecure,
         max_ahead_s=max_ahead_s, input_s=input_s,
     )
 

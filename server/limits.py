@@ -13,17 +13,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from .config import SAMPLE_RATE, ServerConfig
+from .config import ServerConfig
 
 __all__ = [
     "ProtocolError",
     "decode_pcm",
     "parse_json_object",
-    "check_sample_rate",
+    "parse_sample_rate",
+    "MIN_RATE",
+    "MAX_RATE",
     "authorized",
     "origin_allowed",
     "ERROR_CLOSE_CODES",
 ]
+
+MIN_RATE, MAX_RATE = 4000, 192000  # client sample rates accepted (Hz)
 
 # WebSocket close code per error code (RFC 6455 section 7.4.1).
 ERROR_CLOSE_CODES = {
@@ -87,12 +91,16 @@ def parse_json_object(text: str) -> dict[str, Any]:
     return obj
 
 
-def check_sample_rate(value: Any) -> None:
-    """The stream must be 16 kHz; `value` may be an int or float (Vosk sends 16000.0)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != SAMPLE_RATE:
+def parse_sample_rate(value: Any) -> int:
+    """The client's sample rate in Hz: a whole number from MIN_RATE to MAX_RATE (an int, or a
+    float such as Vosk's 16000.0). The session resamples to the model's rate."""
+    whole = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+    if not whole or not MIN_RATE <= value <= MAX_RATE:
         raise ProtocolError(
-            "bad_sample_rate", f"sample_rate must be {SAMPLE_RATE} (16 kHz mono s16le), got {value!r}"
+            "bad_sample_rate", f"sample_rate must be a whole number of Hz from {MIN_RATE} to {MAX_RATE} (mono s16le), "
+            f"got {value!r}"
         )
+    return int(value)
 
 
 def _bearer(headers: Any) -> str | None:

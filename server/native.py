@@ -1,6 +1,7 @@
 """The native protocol on `/asr` (DESIGN.md, "Streaming protocol").
 
-client -> {"type":"start","sample_rate":16000,"format":"s16le"}  (optional: nbest, timestamps and
+client -> {"type":"start","sample_rate":16000,"format":"s16le"}  (any rate from 4 to 192 kHz: the server
+          resamples as `asr transcribe` does; optional: nbest, timestamps and
           any session field of the inference settings: decoder, block_ms (a number or "full"),
           left_blocks, beam, ctc_beam, ctc_weight, length_bonus, lm_weight, tentative_frames),
           binary s16le frames, {"type":"end"}
@@ -31,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from asr.inference import InferenceConfig
 
 from .config import SAMPLE_RATE
-from .limits import ProtocolError, check_sample_rate, parse_json_object
+from .limits import ProtocolError, parse_json_object, parse_sample_rate
 from .recognizer import Result, result_words
 from .scheduler import Delivery, Stream
 from .session import Session
@@ -55,6 +56,7 @@ class StartOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
     nbest: int = 1
     timestamps: bool = True
+    sample_rate: int = SAMPLE_RATE
 
 
 def parse_start(obj: dict[str, Any]) -> StartOptions:
@@ -62,7 +64,7 @@ def parse_start(obj: dict[str, Any]) -> StartOptions:
     unknown = sorted(set(obj) - _START_KEYS)
     if unknown:
         raise ProtocolError("bad_message", f"unknown field(s) in start: {', '.join(unknown)}")
-    check_sample_rate(obj.get("sample_rate", 16000))
+    sample_rate = parse_sample_rate(obj.get("sample_rate", SAMPLE_RATE))
     if obj.get("format", "s16le") != "s16le":
         raise ProtocolError("bad_format", f"format must be \"s16le\", got {obj.get('format')!r}")
     nbest = obj.get("nbest", 1)
@@ -71,7 +73,7 @@ def parse_start(obj: dict[str, Any]) -> StartOptions:
     timestamps = obj.get("timestamps", True)
     if not isinstance(timestamps, bool):
         raise ProtocolError("bad_option", f"timestamps must be true or false, got {timestamps!r}")
-    return StartOptions({k: obj[k] for k in _SETTINGS if k in obj}, nbest, timestamps)
+    return StartOptions({k: obj[k] for k in _SETTINGS if k in obj}, nbest, timestamps, sample_rate)
 
 
 def result_message(result: Result, audio_s: float, timestamps: bool) -> dict[str, Any]:
@@ -148,8 +150,8 @@ async def handle(session: Session) -> None:
         if obj.get("type") != "start":
             raise ProtocolError("not_started", f"first message must be type \"start\", got {obj.get('type')!r}")
         opts = parse_start(obj)
-        stream = await session.open_stream(opts.overrides)
-        await _send(session, {"type": "ready", "sample_rate": 16000})
+        stream = await session.open_stream(opts.overrides, opts.sample_rate)
+        await _send(session, {"type": "ready", "sample_rate": opts.sample_rate})
         pump = asyncio.create_task(_pump(session, stream, opts))
         while True:
             message = await session.receive()

@@ -94,6 +94,7 @@ class Scheduler:
         max_pending_samples: `wait_for_room` blocks a stream with more buffered audio than this.
         on_latency: called with the seconds from a stream's oldest processed audio arriving to its
             results being delivered (feeds the partial-latency histogram).
+        on_pass: called after each pass with (wall seconds, audio seconds processed, streams).
     """
 
     def __init__(
@@ -104,12 +105,14 @@ class Scheduler:
         max_chunk_samples: int = 32000,
         max_pending_samples: int = 160000,
         on_latency: Callable[[float], None] | None = None,
+        on_pass: Callable[[float, float, int], None] | None = None,
     ) -> None:
         self.factory = factory
         self.max_batch = max_batch
         self.max_chunk_samples = max_chunk_samples
         self.max_pending_samples = max_pending_samples
         self.on_latency = on_latency
+        self.on_pass = on_pass
         self._batch_fn: BatchFn = getattr(factory, "process_batch", None) or process_sequential
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-model")
         self._ready: dict[Stream, None] = {}  # insertion-ordered set: FIFO fairness
@@ -243,12 +246,16 @@ class Scheduler:
                 started = {id(w.stream): w.stream.pending_since for w in work}
                 for w in work:
                     w.stream.pending_since = time.monotonic() if w.stream.pending else None
+                began = time.monotonic()
                 try:
                     outcomes = await loop.run_in_executor(self._executor, self._process, work)
                 except Exception as exc:  # noqa: BLE001 - _process catches model errors; this is a bug
                     log.exception("scheduler pass failed")
                     outcomes = [([], exc)] * len(work)
                 now = time.monotonic()
+                if self.on_pass is not None:
+                    audio = sum(w.samples.size for w in work if w.samples is not None) / SAMPLE_RATE
+                    self.on_pass(now - began, audio, len(work))
                 for w, (results, error) in zip(work, outcomes):
                     self._deliver(w, results, error, started[id(w.stream)], now)
 

@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from websockets.asyncio.server import ServerConnection
 
+from asr.audio import StreamResampler
 from asr.inference import SettingsError
 
 from .admission import Admission
@@ -59,7 +60,10 @@ class Session:
         self.ws = ws
         self.ctx = ctx
         self.stream: Stream | None = None
-        self.num_samples = 0
+        self.num_samples = 0  # input samples received, at the client's rate
+        self.sample_rate = SAMPLE_RATE  # the client's rate (set when the stream opens)
+        self.protocol = "native"  # set by the protocol handler (metrics)
+        self._resampler: StreamResampler | None = None
         self.started = False  # holds a session slot (from its start until release)
         self.address = _address(ws)
         self._unread: list[Message] = []
@@ -121,7 +125,7 @@ class Session:
         self.ctx.admission.start(self)
         self.started = True
         self._start_deadline.cancel()
-        self.ctx.metrics.session_opened()
+        self.ctx.metrics.session_opened(self.protocol)
         self.ctx.metrics.waiting = self.ctx.admission.waiting
 
     def evict(self) -> None:
@@ -129,10 +133,13 @@ class Session:
         self.record_error("too_many_waiting", "closed: too many connections waiting to start a stream")
         asyncio.ensure_future(self.close(1013, "too many connections waiting to start a stream; try again"))
 
-    async def open_stream(self, overrides: Mapping[str, Any] | None = None) -> Stream:
+    async def open_stream(self, overrides: Mapping[str, Any] | None = None, sample_rate: int = SAMPLE_RATE) -> Stream:
         """Open the stream with the server's inference settings, ``overrides`` (a start message's
-        session fields) applied; a bad value is a `bad_option` error naming the field."""
+        session fields) applied; a bad value is a `bad_option` error naming the field. Audio at
+        another ``sample_rate`` is resampled to the model's as ``asr transcribe`` resamples a file."""
         self._take_slot()
+        self.sample_rate = sample_rate
+        self._resampler = StreamResampler(sample_rate, SAMPLE_RATE) if sample_rate != SAMPLE_RATE else None
         try:
             settings = self.ctx.config.inference.override(overrides or {})
             self.stream = await self.ctx.scheduler.open(settings)
@@ -145,10 +152,12 @@ class Session:
         assert self.stream is not None
         samples = decode_pcm(data, self.ctx.config.max_frame_bytes)
         limit = self.ctx.config.max_session_s
-        if limit is not None and (self.num_samples + samples.size) > limit * SAMPLE_RATE:
+        if limit is not None and (self.num_samples + samples.size) > limit * self.sample_rate:
             raise ProtocolError("session_too_long", f"session exceeds the limit of {limit:g} s of audio")
         self.num_samples += samples.size
-        self.ctx.metrics.add_audio(samples.size, SAMPLE_RATE)
+        self.ctx.metrics.add_audio(samples.size, self.sample_rate)
+        if self._resampler is not None:
+            samples = self._resampler.accept(samples)
         self.ctx.scheduler.feed(self.stream, samples)
 
     async def wait_for_room(self) -> None:
@@ -163,7 +172,12 @@ class Session:
     async def finalize(self) -> None:
         """Process everything fed, then the recognizer's finalize (results go to the outbox)."""
         if self.stream is not None:
+            if self._resampler is not None:
+                self.ctx.scheduler.feed(self.stream, self._resampler.flush())
+            began = time.monotonic()
             await self.ctx.scheduler.finalize(self.stream)
+            if self.stream.finalized:
+                self.ctx.metrics.final_latency.observe(time.monotonic() - began)
 
     def graceful(self, error: ProtocolError) -> bool:
         """Errors after which the text so far is still worth sending (limits, not malformed input)."""

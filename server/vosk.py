@@ -1,8 +1,8 @@
 """The Vosk server protocol on `/vosk`, as alphacep/vosk-server `websocket/asr_server.py` speaks it.
 
 - An optional text message containing `config`: `{"config": {"sample_rate": 16000, "words": true,
-  "max_alternatives": 0, "phrase_list": [...]}}`; no reply (like vosk-server). Only 16 kHz is
-  accepted (vosk-server resamples; we refuse other rates with an error).
+  "max_alternatives": 0, "phrase_list": [...]}}`; no reply (like vosk-server). Any rate from 4 to
+  192 kHz is accepted and resampled to the model's (as vosk-server does).
 - Each binary s16le message gets exactly one reply: `{"result": [{"conf", "end", "start", "word"}],
   "text": "..."}` when an utterance ended in that chunk, otherwise `{"partial": "..."}`.
 - `{"eof" : 1}` gets the final result of the last utterance, then the server closes.
@@ -20,7 +20,8 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from .limits import ProtocolError, check_sample_rate, parse_json_object
+from .config import SAMPLE_RATE
+from .limits import ProtocolError, parse_json_object, parse_sample_rate
 from .recognizer import Result, result_words
 from .session import Session
 
@@ -33,6 +34,7 @@ _EOF = '{"eof" : 1}'
 class VoskOptions:
     words: bool = True
     max_alternatives: int = 0
+    sample_rate: int = SAMPLE_RATE
 
 
 def is_vosk_first_message(obj: dict[str, Any]) -> bool:
@@ -43,13 +45,12 @@ def parse_config(obj: dict[str, Any], opts: VoskOptions) -> VoskOptions:
     config = obj.get("config")
     if not isinstance(config, dict):
         raise ProtocolError("bad_message", f"\"config\" must be an object, got {config!r}")
-    if "sample_rate" in config:
-        check_sample_rate(config["sample_rate"])
+    rate = parse_sample_rate(config["sample_rate"]) if "sample_rate" in config else opts.sample_rate
     words = config.get("words", opts.words)
     alternatives = config.get("max_alternatives", opts.max_alternatives)
     if isinstance(alternatives, bool) or not isinstance(alternatives, int) or alternatives < 0:
         raise ProtocolError("bad_option", f"max_alternatives must be an integer >= 0, got {alternatives!r}")
-    return VoskOptions(words=bool(words), max_alternatives=alternatives)
+    return VoskOptions(words=bool(words), max_alternatives=alternatives, sample_rate=rate)
 
 
 def result_reply(finals: list[Result], opts: VoskOptions) -> dict[str, Any]:
@@ -91,6 +92,7 @@ async def _collect(session: Session) -> list[Result]:
 
 async def handle(session: Session) -> None:
     """Run one Vosk-protocol session: reply to each message in turn."""
+    session.protocol = "vosk"
     opts = VoskOptions()
     last_partial = ""
     try:
@@ -110,7 +112,7 @@ async def handle(session: Session) -> None:
                         "unknown_type", "text messages must be {\"config\": {...}} or {\"eof\" : 1}; audio is binary"
                     )
             if session.stream is None:
-                await session.open_stream()  # the server's default settings
+                await session.open_stream(sample_rate=opts.sample_rate)  # the server's default settings
             if isinstance(message, bytes):
                 session.accept_audio(message)
                 await session.drain()

@@ -1,7 +1,8 @@
 """The WeNet runtime protocol on `/wenet`, as wenet `runtime/core/websocket/websocket_server.cc` speaks it.
 
 client -> {"signal":"start","nbest":1,"continuous_decoding":true}, binary s16le 16 kHz audio,
-          {"signal":"end"}
+          {"signal":"end"}. Our extension: "sample_rate" in the start signal (4 to 192 kHz, resampled
+          to the model's; WeNet itself takes 16 kHz only).
 server -> {"status":"ok","type":"server_ready"},
           {"status":"ok","type":"partial_result","nbest":"[{\"sentence\":\"...\"}]"} (nbest is a JSON
           *string*; sent only when something was decoded),
@@ -21,7 +22,8 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from .limits import ProtocolError, parse_json_object
+from .config import SAMPLE_RATE
+from .limits import ProtocolError, parse_json_object, parse_sample_rate
 from .recognizer import Result, result_words
 from .scheduler import Delivery, Stream
 from .session import Session
@@ -35,6 +37,7 @@ _END_OF_OUTBOX = Delivery([], 0.0)
 class WenetOptions:
     nbest: int = 1
     continuous_decoding: bool = False  # WeNet's default
+    sample_rate: int = SAMPLE_RATE  # our extension
 
 
 def parse_start_signal(obj: dict[str, Any]) -> WenetOptions:
@@ -51,7 +54,8 @@ def parse_start_signal(obj: dict[str, Any]) -> WenetOptions:
     continuous = obj.get("continuous_decoding", False)
     if not isinstance(continuous, bool):
         raise ProtocolError("bad_option", "boolean true or false is expected for continuous_decoding option")
-    return WenetOptions(nbest=nbest, continuous_decoding=continuous)
+    rate = parse_sample_rate(obj.get("sample_rate", SAMPLE_RATE))
+    return WenetOptions(nbest=nbest, continuous_decoding=continuous, sample_rate=rate)
 
 
 def nbest_json(result: Result) -> str:
@@ -93,6 +97,7 @@ async def _pump(session: Session, stream: Stream, opts: WenetOptions) -> bool:
 
 async def handle(session: Session) -> None:
     """Run one WeNet-protocol session."""
+    session.protocol = "wenet"
     pump: asyncio.Task[bool] | None = None
 
     async def finish() -> bool:  # finalize and flush; False when the pump already ended the session
@@ -109,7 +114,7 @@ async def handle(session: Session) -> None:
             raise ProtocolError("not_started", "Start signal is expected before binary data")
         obj = _parse(message)
         opts = parse_start_signal(obj)
-        stream = await session.open_stream()  # the server's default settings
+        stream = await session.open_stream(sample_rate=opts.sample_rate)  # the server's default settings
         await _send(session, {"status": "ok", "type": "server_ready"})
         pump = asyncio.create_task(_pump(session, stream, opts))
         while True:

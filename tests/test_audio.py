@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.audio import AudioError, load_audio
+from asr.audio import AudioError, StreamResampler, load_audio, resample, stream_audio
 
 
 @pytest.mark.parametrize("fmt,subtype,sr,channels", [
@@ -44,3 +44,29 @@ def test_truncated_wav(tmp_path, speechlike):
     # a WAV header still claims the full length: the short read is an error, not silent padding
     with pytest.raises(AudioError, match="t.wav"):
         load_audio(tmp_path / "t.wav")
+
+
+@pytest.mark.parametrize("sr", [8000, 11025, 16000, 22050, 44100, 48000])
+def test_stream_resampler_equals_whole_signal(speechlike, sr):
+    """Any chunking gives the samples of one resampling of the whole stream (float rounding)."""
+    x = speechlike(2.0, sr, 1)[: 2 * sr + 77].astype(np.float32)
+    whole = resample(torch.from_numpy(x), sr).numpy()
+    rng = np.random.default_rng(sr)
+    r, pieces, i = StreamResampler(sr), [], 0
+    while i < x.size:
+        n = int(rng.integers(1, 4000))
+        pieces.append(r.accept(x[i:i + n]))
+        i += n
+    pieces.append(r.flush())
+    out = np.concatenate(pieces)
+    assert out.shape == whole.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, whole, atol=2e-6)
+    assert StreamResampler(sr).flush().size == 0
+
+
+@pytest.mark.parametrize("sr", [8000, 44100])
+def test_stream_audio_equals_load_audio(tmp_path, speechlike, sr):
+    sf.write(tmp_path / "a.wav", np.stack([speechlike(3.0, sr, 2)] * 2, axis=1), sr, subtype="FLOAT")
+    chunks = list(stream_audio(tmp_path / "a.wav", chunk_seconds=0.7))
+    assert len(chunks) > 3
+    torch.testing.assert_close(torch.cat(chunks), load_audio(tmp_path / "a.wav"), atol=2e-6, rtol=0)

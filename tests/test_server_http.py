@@ -57,6 +57,7 @@ def test_metrics_count_sessions_audio_latency_errors() -> None:
             base = server.url.replace("ws://", "http://")
             unauthorized = await _aget(base + "/metrics")
             await astream_frames(server.url, [pcm[i : i + 4000] for i in range(0, pcm.size, 4000)], token="tok")
+            await astream_frames(server.url, [pcm], token="tok", start={"sample_rate": 8000})  # 8 kHz client
             from websockets.asyncio.client import connect
 
             async with connect(server.url + "/asr?token=tok") as ws:
@@ -73,8 +74,13 @@ def test_metrics_count_sessions_audio_latency_errors() -> None:
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     assert values["asr_sessions"] == 0 and values["asr_connections_waiting"] == 0
-    assert values["asr_sessions_total"] == 1  # the "{oops" connection never started a stream
-    assert values["asr_audio_seconds_total"] == pytest.approx(pcm.size / 16000, abs=1e-3)
+    assert values["asr_sessions_total"] == 2  # the "{oops" connection never started a stream
+    assert values['asr_sessions_by_protocol_total{protocol="native"}'] == 2
+    assert values["asr_audio_seconds_total"] == pytest.approx(pcm.size / 16000 + pcm.size / 8000, abs=1e-3)
+    assert values["asr_final_latency_seconds_count"] == 2
+    passes = values["asr_model_pass_seconds_count"]
+    assert passes > 0 and values["asr_model_pass_rtf_count"] > 0 and values["asr_model_pass_streams_total"] >= passes
+    assert values["process_resident_memory_bytes"] > 10e6
     assert values["asr_partial_latency_seconds_count"] > 0
     assert values['asr_partial_latency_seconds_bucket{le="+Inf"}'] == values["asr_partial_latency_seconds_count"]
     assert values['asr_errors_total{code="bad_json"}'] == 1

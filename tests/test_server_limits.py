@@ -62,7 +62,9 @@ NATIVE_CASES = [
     ("bad_message", ["[1, 2]"], 1003),
     ("not_started", [b"\x00\x01" * 100], 1008),
     ("not_started", [json.dumps({"type": "end"})], 1008),
-    ("bad_sample_rate", [json.dumps({"type": "start", "sample_rate": 8000})], 1003),
+    ("bad_sample_rate", [json.dumps({"type": "start", "sample_rate": 1000})], 1003),  # below 4 kHz
+    ("bad_sample_rate", [json.dumps({"type": "start", "sample_rate": 8000.5})], 1003),
+    ("bad_sample_rate", [json.dumps({"type": "start", "sample_rate": "8k"})], 1003),
     ("bad_format", [json.dumps({"type": "start", "format": "f32le"})], 1003),
     ("bad_message", [json.dumps({"type": "start", "colour": "red"})], 1003),
     ("bad_option", [json.dumps({"type": "start", "decoder": "nope"})], 1003),
@@ -110,7 +112,7 @@ def test_hostile_sessions_do_not_affect_a_healthy_one() -> None:
 def test_vosk_and_wenet_errors() -> None:
     async def main():
         async with running() as server:
-            vosk_rate = await _exchange(server.url + "/vosk", ['{"config": {"sample_rate": 8000}}'])
+            vosk_rate = await _exchange(server.url + "/vosk", ['{"config": {"sample_rate": 400000}}'])
             vosk_text = await _exchange(server.url + "/vosk", ["hello"])
             vosk_other = await _exchange(server.url + "/vosk", ['{"pause": 1}'])
             wenet_binary = await _exchange(server.url + "/wenet", [b"\x00\x00"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import SILENCE_LEVEL  # noqa: E402
@@ -56,6 +57,38 @@ def test_every_protocol_equals_transcribe(tiny_model_dir, speech, capsys, decode
 
     native, vosk, wenet = run(main())
     finals = [json.loads(m["nbest"])[0]["sentence"] for m in wenet if m.get("type") == "final_result"]
+    for got in (native.text, " ".join(t for t in vosk if t), " ".join(t for t in finals if t)):
+        assert got == expected
+
+
+@pytest.mark.parametrize("rate", [8000, 44100])
+def test_any_sample_rate_equals_transcribe(tiny_model_dir, speech, capsys, tmp_path, rate):
+    """A client at another rate (8 kHz telephony, 44.1 kHz) is resampled as `asr transcribe`
+    resamples the same file: every protocol gives its text."""
+    path, _ = speech
+    wave = torchaudio.functional.resample(load_audio(path), 16000, rate)
+    other = tmp_path / f"speech_{rate}.wav"
+    sf.write(other, wave.numpy(), rate, subtype="PCM_16")
+    assert asr_main(["transcribe", str(other), "--model", str(tiny_model_dir), "--decoder", "ctc",
+                     "--block-ms", "320", "--format", "json"]) == 0
+    expected = json.loads(capsys.readouterr().out)["text"]
+    assert expected
+    factory = make_recognizer_factory(tiny_model_dir, decoder="ctc", block_ms=320)
+    config = ServerConfig(port=0, model_name="tiny", inference=factory.settings)
+    pcm, _ = sf.read(other, dtype="int16")
+    frames = random_frames(pcm, seed=rate)
+
+    async def main():
+        async with serve(config, factory) as server:
+            native = await astream_frames(server.url + "/asr", frames, start={"sample_rate": rate})
+            config_msg = json.dumps({"config": {"sample_rate": float(rate)}})  # Vosk clients send a float
+            vosk, (last,) = await _vosk_session(server.url + "/vosk", frames, config_msg)
+            wenet = await _wenet_session(server.url + "/wenet", frames, continuous=True, sample_rate=rate)
+            return native, [r["text"] for r in vosk if r.get("text")] + [last["text"]], wenet
+
+    native, vosk, wenet = run(main())
+    finals = [json.loads(m["nbest"])[0]["sentence"] for m in wenet if m.get("type") == "final_result"]
+    assert native.audio_s == pytest.approx(pcm.size / rate, abs=0.01)
     for got in (native.text, " ".join(t for t in vosk if t), " ".join(t for t in finals if t)):
         assert got == expected
 

@@ -117,11 +117,11 @@ def test_vosk_alternatives_and_no_words() -> None:
     assert all("result" not in r for r in plain_replies + [plain_last])
 
 
-async def _wenet_session(url: str, frames: list[np.ndarray], continuous: bool) -> list[dict]:
+async def _wenet_session(url: str, frames: list[np.ndarray], continuous: bool, **start) -> list[dict]:
     """Like WeNet's websocket client: start, audio, end; read until speech_end."""
     out = []
     async with connect(url) as ws:
-        await ws.send(json.dumps({"signal": "start", "nbest": 1, "continuous_decoding": continuous}))
+        await ws.send(json.dumps({"signal": "start", "nbest": 1, "continuous_decoding": continuous, **start}))
         assert json.loads(await ws.recv()) == {"status": "ok", "type": "server_ready"}
         try:
             for frame in frames:

@@ -80,10 +80,13 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
             raise FileNotFoundError(f"{path}: not a model directory (no {name})")
     cfg = load_yaml(ModelDirConfig, path / "config.yaml")
     model = build_model(cfg.model)
-    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    # mmap: the file's pages are read once into the float32 parameters (load_state_dict casts the
+    # stored float16 in place), with no second full copy of the weights in memory
+    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True, mmap=True)
     if cfg.compression is not None:
         state = decompress_state(state, cfg.compression.block)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.load_state_dict(state)
+    del state
     model.to(device).eval()
     if cfg.compression is not None and cfg.compression.kernel == "int8" and torch.device(device).type == "cpu":
         to_int8_kernels(model)
