@@ -67,8 +67,8 @@ class InferenceConfig:
         tentative_frames: SAR boundary rule ``g`` (0 = naive).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when present).
         threads: CPU threads of torch's intra-op pool (None = torch's default, one per core). The
-            default is 1: on a shared machine more threads burned several times the CPU for the same
-            output (issue 22); inter-op threads are always 1.
+            default is 1: on a busy 2-core machine 2 threads gave the same text for 3.4x the CPU
+            time (``benchmarks/results/cli_start.md``); inter-op threads are always 1.
     """
 
     model: str | None = None
@@ -217,9 +217,9 @@ _HELP = {
     "lm_weight": "shallow-fusion weight (default 0.3 with --lm)",
     "tentative_frames": "SAR boundary rule g; 0 = naive (default {default})",
     "device": "cpu, cuda, cuda:N or auto (cuda when present) (default {default})",
-    "threads": "CPU threads of torch, or 'none' for torch's own choice (one per core) (default {default}: "
-               "more threads gave the same output for several times the CPU time on a shared machine; "
-               "inter-op threads are 1)",
+    "threads": "CPU threads of torch, or 'none' for torch's own choice (one per core) (default {default}; "
+               "inter-op threads are always 1). On a busy 2-core machine --threads 2 gave the same text "
+               "for 3.4x the CPU time and 4.7x the wall time of 1 (benchmarks/results/cli_start.md)",
 }
 
 
