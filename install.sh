@@ -3,6 +3,9 @@
 #   espeak-ng, flite             synthetic speech (recipes/tts.py, the egs/mini recipe, the tests)
 #   chromium, chromium-driver    only with --test: the browser-page test drives headless Chromium
 # Re-running is cheap: installed packages are skipped.
+# Without a GPU: ASR_TORCH_INDEX=https://download.pytorch.org/whl/cpu ./install.sh takes torch and
+# torchaudio (the pinned versions) from that index first: the CPU wheels, without the ~3 GB of CUDA
+# libraries that the PyPI wheel brings. Unset (the default), everything comes from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,5 +31,10 @@ if ((${#missing[@]})); then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
+if [ -n "${ASR_TORCH_INDEX:-}" ]; then
+  pins=$(grep -oE '"(torch|torchaudio)==[^"]+"' pyproject.toml | tr -d '"')
+  echo "install.sh: $(echo $pins) from $ASR_TORCH_INDEX"
+  .venv/bin/pip install -q $pins --index-url "$ASR_TORCH_INDEX"
+fi
 .venv/bin/pip install -q -e '.[test]'
 echo "install.sh: done; activate with '. .venv/bin/activate'"

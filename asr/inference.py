@@ -16,13 +16,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from asr.encoder.conformer import FRAME_MS
+# No torch at import time: the command line builds its parsers from this module, and `asr --help`
+# must not wait seconds for torch. The model code is imported by load_inference only.
 
-__all__ = ["DECODERS", "SESSION_FIELDS", "InferenceConfig", "SettingsError", "add_inference_arguments",
-           "add_session_arguments", "check_field", "flag_type", "inference_config_from_args", "load_inference",
-           "parse_block_ms", "resolve_device", "session_overrides_from_args"]
+__all__ = ["DECODERS", "DEFAULT_MODEL_DIR", "FRAME_MS", "SESSION_FIELDS", "InferenceConfig", "SettingsError",
+           "add_inference_arguments", "add_session_arguments", "check_field", "check_model_files", "flag_type",
+           "inference_config_from_args", "load_inference", "parse_block_ms", "resolve_device",
+           "session_overrides_from_args"]
+
+# = asr.encoder.conformer.FRAME_MS (10 ms features, x4 subsampling), repeated here so that this module
+# does not import the encoder (torch); tests/test_cli_start.py checks that the two agree.
+FRAME_MS = 40
+# = asr.models.io.default_model_dir() (checked by the same test), for the same reason.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
+_MODEL_FILES = ("config.yaml", "model.pt", "tokenizer.model")
 
 DECODERS = ("ctc", "sar", "bsbs", "offline")
 
@@ -56,7 +66,9 @@ class InferenceConfig:
         lm_weight: shallow-fusion weight of the LM.
         tentative_frames: SAR boundary rule ``g`` (0 = naive).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when present).
-        threads: CPU threads of torch (None = torch's default).
+        threads: CPU threads of torch's intra-op pool (None = torch's default, one per core). The
+            default is 1: on a busy 2-core machine 2 threads gave the same text for 3.4x the CPU
+            time (``benchmarks/results/cli_start.md``); inter-op threads are always 1.
     """
 
     model: str | None = None
@@ -71,7 +83,7 @@ class InferenceConfig:
     lm_weight: float = 0.0
     tentative_frames: int = 2
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -205,7 +217,9 @@ _HELP = {
     "lm_weight": "shallow-fusion weight (default 0.3 with --lm)",
     "tentative_frames": "SAR boundary rule g; 0 = naive (default {default})",
     "device": "cpu, cuda, cuda:N or auto (cuda when present) (default {default})",
-    "threads": "CPU threads of torch (default: torch's own, one per core)",
+    "threads": "CPU threads of torch, or 'none' for torch's own choice (one per core) (default {default}; "
+               "inter-op threads are always 1). On a busy 2-core machine --threads 2 gave the same text "
+               "for 3.4x the CPU time and 4.7x the wall time of 1 (benchmarks/results/cli_start.md)",
 }
 
 
@@ -274,16 +288,41 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_inference(cfg: InferenceConfig):
-    """Set the threads, load the model directory and the LM on ``cfg.device``: ``(LoadedModel, lm | None)``."""
+def check_model_files(cfg: InferenceConfig) -> None:
+    """The model (and LM) directories exist and hold their files; raises :class:`SettingsError` naming
+    the field and the missing file. Cheap (no torch), so that commands can check before they load."""
+    for name, path, what in (("model", cfg.model or DEFAULT_MODEL_DIR, "model"), ("lm", cfg.lm, "LM")):
+        if path is None:
+            continue
+        path = Path(path)
+        if not path.is_dir():
+            raise SettingsError(name, f"{path}: no such {what} directory" if not path.exists()
+                                else f"{path}: not a directory (a {what} directory holds {', '.join(_MODEL_FILES)})")
+        missing = [f for f in _MODEL_FILES if not (path / f).is_file()]
+        if missing:
+            raise SettingsError(name, f"{path}: not a {what} directory (no {', '.join(missing)})")
+
+
+def _set_threads(threads: int | None) -> None:
     import torch
 
-    from asr.models.io import default_model_dir, load_model_dir
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != 1:
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # parallel work already started in this process: its pool stays
+            pass
+
+
+def load_inference(cfg: InferenceConfig):
+    """Set the threads, load the model directory and the LM on ``cfg.device``: ``(LoadedModel, lm | None)``."""
+    from asr.models.io import load_model_dir
     from asr.models.lm_io import load_lm_dir
 
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    check_model_files(cfg)
+    _set_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    loaded = load_model_dir(cfg.model or default_model_dir(), device)
+    loaded = load_model_dir(cfg.model or DEFAULT_MODEL_DIR, device)
     lm = None if cfg.lm is None else load_lm_dir(cfg.lm, device, tokenizer=loaded.tokenizer).lm
     return loaded, lm

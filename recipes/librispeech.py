@@ -23,7 +23,6 @@ from pathlib import Path
 
 import soundfile as sf
 
-from asr.data.manifest import write_manifest
 from asr.text import normalize_text
 
 __all__ = [
@@ -113,6 +112,8 @@ def prepare_librispeech(root: str | Path, out_dir: str | Path,
     Raises:
         FileNotFoundError: no LibriSpeech layout under ``root``, or a requested subset is missing.
     """
+    from asr.data.manifest import write_manifest  # asr.data imports torch: `asr prepare --help` stays fast
+
     root = find_librispeech_root(root)
     found = find_subsets(root)
     wanted = found if subsets is None else list(subsets)

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import soundfile as sf
 
-from asr.data.manifest import write_manifest
 from asr.text import normalize_text
 
 __all__ = [
@@ -171,6 +170,8 @@ def prepare_tedlium(root: str | Path, out_dir: str | Path, layout: str = "legacy
     Returns:
         split name -> manifest path.
     """
+    from asr.data.manifest import write_manifest  # asr.data imports torch: `asr prepare --help` stays fast
+
     found = find_tedlium_splits(root, layout)
     wanted = list(found) if splits is None else list(splits)
     missing = [s for s in wanted if s not in found]

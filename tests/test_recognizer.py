@@ -162,7 +162,7 @@ def test_transcribe_cli(tiny_model_dir, loaded, rows, tmp_path, capsys):
     assert asr_main(["transcribe", str(wav), "--model", str(tiny_model_dir), "--format", "srt", "--block-ms", "320"]) == 0
     srt = capsys.readouterr().out
     assert srt.startswith("1\n00:00:0") and "\n2\n00:00:0" in srt
-    assert asr_main(["transcribe", str(tmp_path / "missing.wav"), "--model", str(tiny_model_dir)]) == 1
+    assert asr_main(["transcribe", str(tmp_path / "missing.wav"), "--model", str(tiny_model_dir)]) == 2
     assert "missing.wav: no such audio file" in capsys.readouterr().err
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from asr.cli import require
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exp", required=True, help="experiment folder with checkpoint-<step>.pt files")
@@ -16,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("--exp", args.exp, "dir")
+    if args.num < 1:
+        raise ValueError(f"--num: expected an integer >= 1, got {args.num}")
     import torch
 
     from asr.train.checkpoint import average_checkpoints, list_checkpoints, save_atomic

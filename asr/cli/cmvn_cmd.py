@@ -10,6 +10,8 @@ import argparse
 import random
 import sys
 
+from asr.cli import require
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="training manifest (.jsonl)")
@@ -19,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("--manifest", args.manifest)
     import torch
     from tqdm import tqdm
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from asr.cli import require
+
 COMPRESS_CHOICES = ("block-int8", "channel-int8", "tensor-int8")
 
 
@@ -29,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    require("--exp", args.exp, "dir")
+    require("--model", args.model, "dir")
+    require("--weights", args.weights)
+    if args.model and not args.compress:
+        raise ValueError("--model needs --compress (a model directory is already exported)")
     import torch
 
     from asr.config import load_yaml
@@ -39,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
 
     compression = CompressionConfig(method=args.compress, block=args.block) if args.compress else None
     if args.model:
-        if compression is None:
-            raise ValueError("--model needs --compress (a model directory is already exported)")
         print(f"wrote {compress_model_dir(args.model, args.out, compression)}")
         return 0
     exp = Path(args.exp)

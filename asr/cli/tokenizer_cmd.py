@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from asr.cli import require
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -26,6 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "encode":
+        require("--model", args.model)
+    else:
+        for path in args.manifest:
+            require("--manifest", path)
+        for path in args.text:
+            require("--text", path)
+        if not args.manifest and not args.text:
+            raise ValueError("tokenizer train: give --manifest and/or --text")
     from asr.tokenizer import Tokenizer, train_tokenizer
 
     if args.action == "encode":

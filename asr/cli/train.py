@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from asr.cli import require
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="experiment YAML (model, data, optim, features)")
@@ -26,18 +28,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
     import time
 
-    from asr.train import Trainer, load_experiment
-
     deadline = None if args.max_seconds is None else time.monotonic() + args.max_seconds
+    require("--config", args.config)  # before torch: a typo is reported at once
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
+    import dataclasses
+
+    from asr.train import Trainer, load_experiment
 
     if args.threads is not None:
         import torch
 
-        if args.threads < 1:
-            raise SystemExit(f"asr train: --threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
         import numba
 

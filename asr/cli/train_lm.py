@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 
+from asr.cli import require
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", nargs="+", default=None, metavar="FILE",
@@ -37,6 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("--config", args.config)  # before torch: a typo is reported at once
+    for path in args.text or []:
+        require("--text", path)
+    require("--valid", args.valid)
+    require("--tokenizer", args.tokenizer)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
     import dataclasses
 
     import torch

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from asr.inference import add_inference_arguments
+from asr.inference import add_inference_arguments, check_model_files, inference_config_from_args
 
 __all__ = ["add_arguments", "run"]
 
@@ -55,15 +55,21 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = inference_config_from_args(args)  # checked before the model loads: settings, model files, data
+    check_model_files(cfg)
+    if not Path(args.data).exists():
+        raise FileNotFoundError(f"--data {args.data}: no such Kaldi data dir or JSONL manifest")
+    if args.max_utts is not None and args.max_utts < 1:
+        raise ValueError(f"--max-utts: expected an integer >= 1, got {args.max_utts}")
+
     import jiwer
     import torch
     from tqdm import tqdm
 
     from asr.audio import AudioError, load_audio
-    from asr.inference import inference_config_from_args, load_inference
+    from asr.inference import load_inference
     from streaming import Recognizer
 
-    cfg = inference_config_from_args(args)
     loaded, lm = load_inference(cfg)
     rows = sorted(_rows(args.data), key=lambda r: r["id"])[: args.max_utts]
     out = Path(args.out)
