@@ -1,4 +1,4 @@
-"""The native protocol on `/asr` (DESIGN.md, "Streaming protocol").
+"""The native protocol on `/asr` (docs/DESIGN.md, "Streaming protocol").
 
 client -> {"type":"start","sample_rate":16000,"format":"s16le"}  (optional: nbest, timestamps and
           any session field of the inference settings: decoder, block_ms (a number or "full"),
