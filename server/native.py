@@ -1,4 +1,4 @@
-"""The native protocol on `/asr` (DESIGN.md, "Streaming protocol").
+"""The native protocol on `/asr` (docs/DESIGN.md, "Streaming protocol").
 
 client -> {"type":"start","sample_rate":16000,"format":"s16le"}  (any rate from 4 to 192 kHz: the server
           resamples as `asr transcribe` does; optional: nbest, timestamps and

@@ -1,4 +1,4 @@
-"""Semi-autoregressive streaming greedy decoding with the boundary-aware rule (DESIGN.md).
+"""Semi-autoregressive streaming greedy decoding with the boundary-aware rule (docs/DESIGN.md).
 
 For each block: the fusion decoder reads the block's encoder frames (plus the carried tail of the
 previous block) and the LM states of the *committed* tokens; greedy CTC over those frames, with

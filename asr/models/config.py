@@ -44,7 +44,7 @@ class LMConfig:
 
 @dataclass(frozen=True)
 class SARConfig:
-    """Semi-autoregressive decoder (DESIGN.md): LM subnetwork + fusion layers over encoder frames.
+    """Semi-autoregressive decoder (docs/DESIGN.md): LM subnetwork + fusion layers over encoder frames.
 
     Attributes:
         lm: the LM subnetwork (can be initialised from a text-only :class:`TransformerLM`).

@@ -1,11 +1,11 @@
-"""Semi-autoregressive (SAR) decoder: NAR inside a block, label context across blocks (DESIGN.md).
+"""Semi-autoregressive (SAR) decoder: NAR inside a block, label context across blocks (docs/DESIGN.md).
 
 Training is one parallel pass: an LM subnetwork over ``[sos, y_1 .. y_K]`` gives states
 ``s_0 .. s_K``; fusion layers whose queries are encoder frames attend within their block and, by
 cross-attention, to ``s_0 .. s_{n_b}`` where ``n_b`` counts the tokens whose CTC-aligned spike
 lies in an earlier block; CTC on the fused frame logits.
 
-Deviation from DESIGN.md, on purpose: the fusion self-attention sees its own block only (no left
+Deviation from docs/DESIGN.md, on purpose: the fusion self-attention sees its own block only (no left
 blocks). The encoder frames already carry the left context, and a block-local fusion needs no
 cache, so re-decoding the tentative frames of the previous block (boundary-aware greedy) is a
 plain recomputation over a window.
