@@ -2,6 +2,7 @@
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,18 @@ def test_forced_align_batch_equals_single():
 def test_forced_align_rejects_too_few_frames():
     with pytest.raises(ValueError, match="need at least 4"):
         ctc_forced_align(_random_logp(3, 4, 0), [1, 1, 2])
+
+
+def test_forced_align_keeps_torch_threads():
+    """numba's first parallel launch must not change the thread count torch was given (it reset it
+    to one per core: `asr decode --threads 1 --decoder bsbs` ran on 2 threads)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from asr.search.ctc import ctc_forced_align\n"
+            "ctc_forced_align(torch.randn(30, 12).log_softmax(-1), [3, 4, 4, 5])\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "NUMBA_NUM_THREADS": "2"}, cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "1"

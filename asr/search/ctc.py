@@ -277,8 +277,13 @@ def ctc_forced_align_batch(logp: Tensor, logp_lens: Tensor, tokens: Tensor, toke
     emit = logp.float().gather(2, ext[:, None, :].expand(B, T, S))          # (B, T, S)
     # The dynamic programme runs on the CPU (numba, one utterance per thread): a frame loop of small
     # GPU kernels was the slowest part of a SAR training step (~0.3 s per 600 s batch).
+    # numba's first parallel launch resets the OpenMP thread count that torch's CPU ops share (a
+    # process set to 1 thread ran on every core from then on): keep torch's setting
+    threads = torch.get_num_threads()
     states_np, score_np = _viterbi(emit.cpu().numpy(), skip.cpu().numpy(), logp_lens.cpu().numpy(),
                                    token_lens.cpu().numpy())
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     states = torch.from_numpy(states_np).to(device)
     score = torch.from_numpy(score_np).to(device)
     valid_frame = states >= 0
