@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
-import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
+
+# hashlib, socket, threading and torch are imported where used: `asr --help` builds this parser
 
 __all__ = ["Decoded", "ShardError", "add_arguments", "plan_shards", "merge_decoded", "run_sharded"]
 
@@ -126,6 +125,8 @@ class _Heartbeat:
     """Touches a file every HEARTBEAT_S seconds from a daemon thread while the rank works."""
 
     def __init__(self, path: Path) -> None:
+        import threading
+
         self.path = path
         self._stop = threading.Event()
         path.touch()
@@ -145,6 +146,8 @@ class _Heartbeat:
 
 
 def _plan_digest(rows: list[dict], n: int, settings: dict) -> str:
+    import hashlib
+
     h = hashlib.sha256(json.dumps([n, settings, [(r["id"], r["duration"]) for r in rows]], default=str).encode())
     return h.hexdigest()[:12]
 
@@ -152,6 +155,7 @@ def _plan_digest(rows: list[dict], n: int, settings: dict) -> str:
 # ------------------------------------------------------------------------------------ the ranks
 def _handshake(folder: Path, rank: int, world: int, plan: str, timeout_s: float) -> None:
     """Every rank: the same plan, and the same out folder (rank 0's file is visible to all)."""
+    import socket
     from datetime import timedelta
 
     import torch.distributed as dist
@@ -212,6 +216,8 @@ def run_sharded(args: argparse.Namespace, read_rows: Callable[[str], list[dict]]
     ``read_rows(data)``, ``decode_rows(rows, loaded, lm, cfg, quiet)`` and
     ``write_results(out, decoded, cfg, loaded, data, extra)`` are the single-process decode's own.
     """
+    import socket
+
     from asr.inference import inference_config_from_args, load_inference
 
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ.get("RANK", "0"))
@@ -233,12 +239,13 @@ def run_sharded(args: argparse.Namespace, read_rows: Callable[[str], list[dict]]
     _handshake(folder, rank, world, plan, args.rank_timeout)
     shards = plan_shards([float(r["duration"]) for r in rows], world)
     beat = _Heartbeat(mine.alive)
+    loaded = None
     try:
-        loaded, lm = load_inference(cfg)
         if mine.complete():
             print(f"rank {rank}: shard {rank} of {world} already decoded ({mine.result.name}): kept", file=sys.stderr)
         else:
             try:
+                loaded, lm = load_inference(cfg)
                 decoded = decode_rows([rows[i] for i in shards[rank]], loaded, lm, cfg, args.quiet or rank != 0)
                 mine.write(decoded)
             except Exception as e:
@@ -251,5 +258,7 @@ def run_sharded(args: argparse.Namespace, read_rows: Callable[[str], list[dict]]
         return 0
     _wait_for(files, args.rank_timeout)
     merged = merge_decoded([f.read() for f in files], [r["id"] for r in rows])
+    if loaded is None:  # shard 0 was kept; the summary names the model directory
+        loaded, _ = load_inference(cfg)
     write_results(out, merged, cfg, loaded, args.data, {"processes": world})
     return 0
