@@ -2,6 +2,7 @@
 # Install blockasr into ./.venv, with the Debian packages it uses:
 #   espeak-ng, flite             synthetic speech (recipes/tts.py, the egs/mini recipe, the tests)
 #   chromium, chromium-driver    only with --test: the browser-page test drives headless Chromium
+#   nginx                        only with --test, and only when no nginx binary is there (tests/test_nginx.py)
 # Re-running is cheap: installed packages are skipped.
 # Without a GPU: ASR_TORCH_INDEX=https://download.pytorch.org/whl/cpu ./install.sh takes torch and
 # torchaudio (the pinned versions) from that index first: the CPU wheels, without the ~3 GB of CUDA
@@ -12,6 +13,7 @@ cd "$(dirname "$0")"
 packages=(espeak-ng flite)
 if [ "${1:-}" = "--test" ]; then
   packages+=(chromium chromium-driver)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || packages+=(nginx)  # any nginx will do (nginx-light too)
 elif [ -n "${1:-}" ]; then
   echo "usage: ./install.sh [--test]" >&2
   exit 2

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from asr.inference import add_inference_arguments, check_model_files, inference_config_from_args
+from streaming.shard import add_arguments as add_shard_arguments
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "decode_rows", "run", "write_results"]
 
 CHUNK_SECONDS = 0.1
 
@@ -31,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-utts", type=int, default=None, help="decode only the first N utterances (sorted by id)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_inference_arguments(p)
+    add_shard_arguments(p)  # --rank-timeout (torchrun)
     p.epilog = "--block-ms full: the whole utterance is one block (full-context encoder), decoded at its end."
 
 
@@ -62,23 +65,33 @@ def run(args: argparse.Namespace) -> int:
     if args.max_utts is not None and args.max_utts < 1:
         raise ValueError(f"--max-utts: expected an integer >= 1, got {args.max_utts}")
 
-    import jiwer
-    import torch
-    from tqdm import tqdm
-
-    from asr.audio import AudioError, load_audio
     from asr.inference import load_inference
-    from streaming import Recognizer
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one shard per rank (streaming/shard.py)
+        from streaming.shard import run_sharded
+
+        return run_sharded(args, _rows, decode_rows, write_results)
     loaded, lm = load_inference(cfg)
     rows = sorted(_rows(args.data), key=lambda r: r["id"])[: args.max_utts]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    write_results(out, decode_rows(rows, loaded, lm, cfg, args.quiet), cfg, loaded, args.data)
+    return 0
+
+
+def decode_rows(rows: list[dict], loaded, lm, cfg, quiet: bool = False):
+    """Decode ``rows`` in order: a :class:`streaming.shard.Decoded` (unreadable rows left out)."""
+    from tqdm import tqdm
+
+    from asr.audio import AudioError, load_audio
+    from streaming import Recognizer
+    from streaming.shard import Decoded
+
     refs, hyps, ids, latencies = [], [], [], []
-    compute = audio = 0.0
+    compute, audio = [], []
     errors = 0
     chunk = int(CHUNK_SECONDS * loaded.features.sample_rate)
-    for row in tqdm(rows, desc=f"decode {cfg.decoder}", unit="utt", disable=args.quiet, file=sys.stderr):
+    for row in tqdm(rows, desc=f"decode {cfg.decoder}", unit="utt", disable=quiet, file=sys.stderr):
         try:
             wave = load_audio(row["audio"], row.get("start"), row.get("end"))
         except AudioError as e:
@@ -96,12 +109,22 @@ def run(args: argparse.Namespace) -> int:
         text = " ".join(r.text for r in finals if r.text)
         t1 = time.perf_counter()
         latencies.append(1000 * (t1 - t_last))
-        compute += t1 - t0
-        audio += wave.numel() / loaded.features.sample_rate
+        compute.append(t1 - t0)
+        audio.append(wave.numel() / loaded.features.sample_rate)
         ids.append(row["id"])
         refs.append(row["text"])
         hyps.append(text)
+    return Decoded(ids, refs, hyps, latencies, compute, audio, errors)
 
+
+def write_results(out: Path, decoded, cfg, loaded, data: str, extra: dict | None = None) -> dict:
+    """Score ``decoded`` (a :class:`streaming.shard.Decoded`) and write hyp.txt, ref.txt, errors.txt and
+    summary.json into ``out``; print the summary as the last line and return it."""
+    import jiwer
+    import torch
+
+    ids, refs, hyps, latencies = decoded.ids, decoded.refs, decoded.hyps, decoded.latencies_ms
+    compute, audio, errors = sum(decoded.compute_s), sum(decoded.audio_s), decoded.unreadable
     scored = jiwer.process_words(refs, [h if h else "" for h in hyps]) if refs else None
     with open(out / "hyp.txt", "w") as fh, open(out / "ref.txt", "w") as fr, open(out / "errors.txt", "w") as fe:
         for i, (utt, ref, hyp) in enumerate(zip(ids, refs, hyps)):
@@ -120,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
         "decoder": cfg.decoder, "block_ms": "full" if cfg.block_ms is None else cfg.block_ms,
         "left_blocks": cfg.left_blocks, "beam": cfg.beam, "ctc_weight": cfg.ctc_weight, "lm": cfg.lm,
         "lm_weight": cfg.lm_weight, "tentative_frames": cfg.tentative_frames, "threads": torch.get_num_threads(),
-        "model": str(loaded.path), "data": args.data,
+        "model": str(loaded.path), "data": data, **(extra or {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
-    return 0
+    return summary
