@@ -112,3 +112,23 @@ def test_add_sos_eos():
     inputs, targets = add_sos_eos(torch.tensor([[5, 6, 7], [8, 0, 0]]), torch.tensor([3, 1]))
     assert inputs.tolist() == [[2, 5, 6, 7], [2, 8, 2, 2]]
     assert targets.tolist() == [[5, 6, 7, 2], [8, 2, -100, -100]]
+
+
+def test_decoder_scorer_cached_memory_equals_plain_logits():
+    """The scorer projects the memory once and extends it over new frames: its scores equal the
+    decoder's plain forward of every hypothesis against the whole memory (float64), for a memory
+    that grows block by block and for one that is not an extension of the cached one."""
+    from asr.models import AttentionDecoder, DecoderScorer
+    from asr.search.scorer import Memory
+
+    torch.manual_seed(0)
+    dec = AttentionDecoder(40, 24, DecoderConfig(d_model=32, n_heads=4, n_layers=2, dropout=0.0)).double().eval()
+    scorer = DecoderScorer(dec)
+    enc = torch.randn(30, 24, dtype=torch.float64)
+    prefixes = torch.tensor([[1, 5, 7], [1, 5, 9], [1, 3, 3]])
+    for memory in (enc[:8], enc[:8], enc[:19], enc[:30], torch.randn(12, 24, dtype=torch.float64)):
+        got, _ = scorer.score(prefixes, None, Memory(enc=memory))
+        with torch.no_grad():
+            want = dec.logits(prefixes, memory[None].expand(3, -1, -1), None)[:, -1].float().log_softmax(-1)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        assert scorer._enc.shape[0] == memory.shape[0]

@@ -28,14 +28,22 @@ class AttentionDecoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.out = nn.Linear(cfg.d_model, vocab_size)
 
-    def logits(self, inputs: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor | None) -> torch.Tensor:
-        """inputs (B, U) ids starting with sos; memory (B, S, Dm) -> (B, U, V) logits."""
+    def logits(self, inputs: torch.Tensor, memory: torch.Tensor | None, memory_lens: torch.Tensor | None,
+               memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """inputs (B, U) ids starting with sos; memory (B, S, Dm) -> (B, U, V) logits.
+
+        ``memory_kv``: :meth:`project_memory` of the memory instead of ``memory`` (no ``memory_lens``).
+        """
         x = self.embed(inputs)
         self_mask = causal_mask(inputs.shape[1], device=inputs.device)
         cross_mask = None if memory_lens is None else padding_mask(memory_lens, memory.shape[1])[:, None, None, :]
-        for layer in self.layers:
-            x = layer(x, self_mask, memory, cross_mask)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, self_mask, memory, cross_mask, memory_kv=None if memory_kv is None else memory_kv[i])
         return self.out(self.norm(x))
+
+    def project_memory(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's cross-attention keys and values, each (B, H, S, head_dim), of memory (B, S, Dm)."""
+        return [layer.cross_attn.project_memory(memory) for layer in self.layers]
 
     def forward(self, memory: torch.Tensor, memory_lens: torch.Tensor, tokens: torch.Tensor,
                 token_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,19 +63,41 @@ class DecoderScorer:
 
     The encoder memory grows while streaming, and every decoder position attends to all of it, so
     a prefix's decoder states change with each new block: the scorer recomputes the (short)
-    prefixes against the current memory instead of caching states. It is stateless.
+    prefixes against the current memory instead of caching states (it has no per-hypothesis state).
+    What it does keep is the memory's cross-attention keys and values, projected once for all
+    hypotheses and extended over new frames only: they depend on the frames alone, and projecting
+    the memory again for every hypothesis at every step was most of a blockwise search's time.
     """
 
     def __init__(self, decoder: AttentionDecoder):
         self.decoder = decoder
+        self._enc: torch.Tensor | None = None  # (S, Dm) the frames whose keys/values are cached
+        self._kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, (1, H, S, head_dim)
 
     def init_state(self, memory: Memory) -> None:
         return None
 
+    def memory_kv(self, enc: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys/values of ``enc`` (S, Dm) for every layer, (1, H, S, head_dim); the cached frames
+        are reused when they are a prefix of ``enc`` (a streaming memory only grows)."""
+        old = self._enc
+        n = 0 if old is None else old.shape[0]
+        reuse = (old is not None and enc.shape[0] >= n and old.dtype == enc.dtype and old.device == enc.device
+                 and (enc is old or torch.equal(enc[:n], old)))
+        if not reuse:
+            self._enc, self._kv = enc, self.decoder.project_memory(enc[None])
+        elif enc.shape[0] > n:
+            new = self.decoder.project_memory(enc[None, n:])
+            self._kv = [(torch.cat([k, k_new], dim=2), torch.cat([v, v_new], dim=2))
+                        for (k, v), (k_new, v_new) in zip(self._kv, new)]
+            self._enc = enc
+        return self._kv
+
     @torch.no_grad()
     def score(self, prefixes: torch.Tensor, states: None, memory: Memory) -> tuple[torch.Tensor, None]:
-        enc = memory.enc[None].expand(prefixes.shape[0], -1, -1)
-        logits = self.decoder.logits(prefixes.to(enc.device), enc, None)[:, -1]
+        n = prefixes.shape[0]
+        kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self.memory_kv(memory.enc)]
+        logits = self.decoder.logits(prefixes.to(memory.enc.device), None, None, memory_kv=kv)[:, -1]
         return logits.float().log_softmax(-1), None
 
     def select_state(self, states: None, index: torch.Tensor, token: torch.Tensor) -> None:

@@ -34,11 +34,13 @@ class TransformerLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, self_mask: torch.Tensor | None, memory: torch.Tensor | None = None,
-                cross_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, D); self_mask (T, T) or (B, 1, T, T); memory (B, S, Dm); cross_mask (B, 1, T, S)."""
+                cross_mask: torch.Tensor | None = None,
+                memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, T, D); self_mask (T, T) or (B, 1, T, T); memory (B, S, Dm); cross_mask (B, 1, T, S);
+        memory_kv: ``cross_attn.project_memory(memory)`` computed once, instead of ``memory``."""
         x = x + self.dropout(self.self_attn(self.norm_self(x), mask=self_mask))
         if self.cross_attn is not None:
-            x = x + self.dropout(self.cross_attn(self.norm_cross(x), memory, mask=cross_mask))
+            x = x + self.dropout(self.cross_attn(self.norm_cross(x), memory, mask=cross_mask, memory_kv=memory_kv))
         return x + self.ff(x)
 
     def step(self, x: torch.Tensor, cache: KVCache, memory: torch.Tensor | None = None,
