@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -15,7 +14,7 @@ from websockets.asyncio.client import connect
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from test_server_fake import direct_finals, make_audio, run, running  # noqa: E402
-from test_server_limits import _SERVE_SCRIPT, START, _metric, _until  # noqa: E402
+from test_server_limits import START, _metric, _until, spawn_fake_server  # noqa: E402
 
 from fuzz_server import run_fuzz  # noqa: E402
 
@@ -42,11 +41,7 @@ def test_sigterm_finalises_fifty_streaming_sessions() -> None:
     """SIGTERM while 50 sessions stream: each gets the final of all the audio the server read, then
     `done` marked as cut by the drain; the server exits 0 within its drain timeout."""
     pcm = make_audio(1.5, 15)[:24000]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVE_SCRIPT.format(tests=os.path.join(root, "tests"))],
-        cwd=root, stdout=subprocess.PIPE, text=True,
-    )
+    proc = spawn_fake_server()
     try:
         port = int(proc.stdout.readline())
 

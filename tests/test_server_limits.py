@@ -349,13 +349,19 @@ print("exited", flush=True)
 """
 
 
-def test_sigterm_gives_every_session_its_final() -> None:
-    pcm = make_audio(1.5, 14)[:24000]
+def spawn_fake_server() -> subprocess.Popen:
+    """`run_server` on the fake factory in a child process (it handles SIGTERM itself); the first
+    line of its stdout is the port."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", _SERVE_SCRIPT.format(tests=os.path.join(root, "tests"))],
         cwd=root, stdout=subprocess.PIPE, text=True,
     )
+
+
+def test_sigterm_gives_every_session_its_final() -> None:
+    pcm = make_audio(1.5, 14)[:24000]
+    proc = spawn_fake_server()
     try:
         port = int(proc.stdout.readline())
 
