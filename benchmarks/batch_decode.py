@@ -6,7 +6,7 @@ batched ones (one CTC log-prob call per round, one SAR fusion call over every st
 
 Setup: ``models/default`` (or ``--model``), 640 ms blocks, every pass gives each of the N streams
 640 ms of audio (the streams start with different offsets, so their segments, LM contexts and
-tentative tails differ). The audio is ``samples/slt_fox.wav`` repeated. Reported: mean seconds per
+tentative tails differ). The audio is ``samples/so3027_what_in_short.wav`` (a real speechocean762 voice) repeated. Reported: mean seconds per
 pass (after one warm-up pass), and the real-time factor of one pass (pass time / 0.64 s): N streams
 run in real time while it is below 1. Both modes give the same text (checked here, and by
 tests/test_batch_decode.py). Writes benchmarks/results/batch_decode_<device>.md and .json.
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = InferenceConfig(model=args.model, block_ms=640, device=args.device, threads=args.threads)
     loaded, _ = load_inference(base)
-    fox = load_audio(ROOT / "samples" / "slt_fox.wav").numpy()
+    fox = load_audio(ROOT / "samples" / "so3027_what_in_short.wav").numpy()
     wave = np.tile(fox, int(np.ceil((args.passes + 12) * CHUNK_S * 16000 / len(fox))) + 1)
     rows = []
     for decoder in args.decoders.split(","):

@@ -59,10 +59,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--model", default="", help="model directory (default: the fake recognizer)")
-    p.add_argument("--sample", default=None, help="16 kHz wav to loop (default with --model: samples/slt_fox.wav)")
+    p.add_argument("--sample", default=None, help="16 kHz wav to loop (default with --model: samples/so3027_what_in_short.wav)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stream_long"))
     args = p.parse_args()
-    sample = args.sample or (str(ROOT / "samples" / "slt_fox.wav") if args.model else None)
+    sample = args.sample or (str(ROOT / "samples" / "so3027_what_in_short.wav") if args.model else None)
     pcm = _audio(args.minutes, sample)
     proc = subprocess.Popen(
         [sys.executable, "-c", _SERVE.format(root=str(ROOT), tests=str(ROOT / "tests"), model=args.model)],
