@@ -135,6 +135,34 @@ def test_joint_scores_are_exact_sums_of_scorer_log_probs(seed):
         assert hyp.score == pytest.approx(total, abs=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_nbest_one_stops_early_with_the_same_best_hypothesis(seed):
+    """Scores only fall (no length bonus), so the search may stop once no live hypothesis can
+    beat the best ended one: same best hypothesis and score, fewer expansions."""
+    memory = _memory(24, 7, seed)
+    scorers = {"decoder": ToyDecoder(7, 5, seed=seed), "ctc": CTCPrefixScorer()}
+    weights = {"decoder": 0.6, "ctc": 0.4}
+    steps = {}
+    best = {}
+    for nbest in (None, 1):
+        search = BeamSearch(scorers, weights, BeamSearchConfig(beam_size=4, nbest=nbest, end_detect=False))
+        calls = 0
+        expand = search.expand
+
+        def counted(*a, **k):
+            nonlocal calls
+            calls += 1
+            return expand(*a, **k)
+
+        search.expand = counted
+        result = search(memory)
+        best[nbest], steps[nbest] = (result[0].tokens, result[0].score), calls
+    assert best[1][0] == best[None][0] and best[1][1] == pytest.approx(best[None][1], abs=1e-12)
+    assert steps[1] < steps[None]
+    with pytest.raises(ValueError, match="nbest"):
+        BeamSearchConfig(beam_size=4, nbest=5)
+
+
 def test_unknown_or_missing_weight_is_an_error():
     with pytest.raises(ValueError, match="no weight for scorer"):
         BeamSearch({"ctc": CTCPrefixScorer()}, {})
@@ -211,6 +239,44 @@ def test_bsbs_without_backoff_keeps_every_committed_step():
         lengths.append(len(bsbs.extend_block(ctc_logp=ctc_logp[a : a + 3]).tokens))
     assert lengths == sorted(lengths) and bsbs.steps_backed_off == 0
     assert bsbs.finalize()[0].tokens == truth
+
+
+def test_bsbs_ctc_trigger_keeps_the_beam_behind_the_ctc_spikes():
+    """With ctc_trigger the partial never holds more tokens than greedy CTC has seen, and the
+    final result is unchanged."""
+    truth = [3, 5, 4, 6, 3, 5]
+    V = 8
+    ctc_logp = _peaky(truth, 3, V, seed=2)
+    enc = torch.randn(len(ctc_logp), 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scorers = {"decoder": ToyDecoder(V, 5, seed=1), "ctc": CTCPrefixScorer()}
+    weights = {"decoder": 0.1, "ctc": 0.9}
+    finals = []
+    for trigger in (False, True):
+        bsbs = BlockwiseBeamSearch(scorers, weights, BsbsConfig(beam_size=3, pre_beam_size=V, ctc_trigger=trigger,
+                                                                 repetition_test=False))
+        for a in range(0, len(ctc_logp), 2):
+            part = bsbs.extend_block(enc[a : a + 2], ctc_logp[a : a + 2])
+            spikes = sum(1 for t in range(0, a + 2) if t % 3 == 0 and t < len(ctc_logp))
+            assert bsbs.ctc_tokens == spikes
+            if trigger:
+                assert len(part.tokens) <= spikes
+        finals.append(bsbs.finalize()[0].tokens)
+    assert finals == [truth, truth]
+
+
+def test_bsbs_repetition_window_limits_what_counts_as_a_repeat():
+    """A token that recurs after more than ``repetition_window`` others is not a repeat."""
+    truth = [3, 5, 4, 6, 3]  # 3 recurs four tokens later
+    ctc_logp = _peaky(truth, 3, 7, seed=0)
+    scorers = {"ctc": CTCPrefixScorer()}
+    lengths = {}
+    for window in (None, 3):
+        bsbs = BlockwiseBeamSearch(scorers, {"ctc": 1.0}, BsbsConfig(beam_size=1, backoff=False,
+                                                                      repetition_window=window))
+        bsbs.extend_block(ctc_logp=ctc_logp)  # one block holding all of it
+        lengths[window] = len(bsbs.best().tokens)
+        assert bsbs.finalize()[0].tokens == truth
+    assert lengths == {None: 4, 3: 5}  # the whole-history test stops before the second 3
 
 
 def test_max_length_forces_eos_even_outside_the_pre_beam():

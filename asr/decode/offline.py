@@ -34,7 +34,7 @@ def offline_decode(model, feats: torch.Tensor, beam: int = 10, ctc_weight: float
         nbest = ctc_prefix_beam_search(logp, beam, token_topk=beam)
         return aligned_tokens(nbest[0].tokens if nbest else [], logp)
     scorers, weights = joint_scorers(model, ctc_weight, lm, lm_weight, length_bonus)
-    nbest = BeamSearch(scorers, weights, BeamSearchConfig(beam_size=beam))(Memory(enc=enc, ctc_logp=logp))
+    nbest = BeamSearch(scorers, weights, BeamSearchConfig(beam_size=beam, nbest=1))(Memory(enc=enc, ctc_logp=logp))
     return aligned_tokens(nbest[0].tokens if nbest else [], logp)
 
 

@@ -32,6 +32,10 @@ class BeamSearchConfig:
         pre_beam_size: candidates per hypothesis handed to partial scorers (None: 1.5 x beam).
         maxlen_ratio: at most ``max(1, int(maxlen_ratio * T))`` tokens for T encoder frames;
             a hypothesis that long can only end.
+        nbest: hypotheses that must have ended before the search may stop (None: ``beam_size``).
+            ``1`` when only the best one is used: it stops as soon as no live hypothesis can beat
+            the best ended one, and that one is the same as with the full n-best (exact when
+            scores cannot grow, see :meth:`BeamSearch.search`), in far fewer steps on long inputs.
         end_detect: also stop once, for each of the last 3 lengths, the best hypothesis that
             ended at that length is more than 10 nats worse than the best ended one (ESPnet).
         sos, eos, blank: special ids (``blank`` is never emitted).
@@ -40,6 +44,7 @@ class BeamSearchConfig:
     beam_size: int = 10
     pre_beam_size: int | None = None
     maxlen_ratio: float = 1.0
+    nbest: int | None = None
     end_detect: bool = True
     sos: int = SOS_EOS
     eos: int = SOS_EOS
@@ -51,6 +56,8 @@ class BeamSearchConfig:
         if self.pre_beam_size is not None and self.pre_beam_size < self.beam_size:
             raise ValueError(f"pre_beam_size ({self.pre_beam_size}) must be >= beam_size "
                              f"({self.beam_size})")
+        if self.nbest is not None and not 1 <= self.nbest <= self.beam_size:
+            raise ValueError(f"nbest must be in 1..beam_size ({self.beam_size}), got {self.nbest}")
 
 
 class SearchStep(NamedTuple):
@@ -172,8 +179,8 @@ class BeamSearch:
                ended: list[Hypothesis] | None = None) -> list[Hypothesis]:
         """Run the search from ``beam`` until it is done.
 
-        Done when no hypothesis is left; or when ``beam_size`` hypotheses have ended and the
-        best live one scores below all of the best ``beam_size`` ended ones (exact when scores
+        Done when no hypothesis is left; or when ``nbest`` (default ``beam_size``) hypotheses have
+        ended and the best live one scores below all of the best ``nbest`` ended ones (exact when scores
         cannot grow: weights >= 0 and ``length_bonus <= 0``, since every scorer increment is a
         log-probability <= 0; a heuristic otherwise); or by ``end_detect``.
 
@@ -182,12 +189,13 @@ class BeamSearch:
         """
         ended = list(ended or [])
         max_len = self.max_len(memory)
+        need = self.config.nbest or self.config.beam_size
         while len(beam) > 0:
             length = beam.tokens.shape[1] - 1
             beam, new = self.expand(beam, memory, eos_only=length >= max_len)
             ended.extend(new)
-            if len(ended) >= self.config.beam_size and len(beam) > 0:
-                kth = sorted((h.score for h in ended), reverse=True)[self.config.beam_size - 1]
+            if len(ended) >= need and len(beam) > 0:
+                kth = sorted((h.score for h in ended), reverse=True)[need - 1]
                 if float(beam.scores.max()) < kth:
                     break
             if self.config.end_detect and _end_detected(ended, length + 1):

@@ -5,10 +5,16 @@ usual joint scores (attention decoder over all frames received so far, CTC prefi
 frames received so far, optional LM, length bonus) until the search becomes *unreliable* for the
 frames at hand: some hypothesis in the new beam emits ``<eos>`` (the decoder ran out of acoustic
 evidence), or repeats a token it already holds (the attention decoder re-attends to frames it
-already used; the repetition test is ``BsbsConfig.repetition_test``). That step is discarded and,
-with ``BsbsConfig.backoff``, so is the step before it (conservative backoff: the search resumes
-from the beam two steps before the unreliable one, since the last committed outputs were made with
-little look-ahead). After the last block, :meth:`BlockwiseBeamSearch.finalize` runs the ordinary
+already used; the repetition test is ``BsbsConfig.repetition_test``, over the last
+``repetition_window`` tokens). That step is discarded and, with ``BsbsConfig.backoff``, so is the
+step before it (conservative backoff: the search resumes from the beam two steps before the
+unreliable one, since the last committed outputs were made with little look-ahead).
+
+With ``BsbsConfig.ctc_trigger`` the beam also stops, without backoff, once its hypotheses are as
+long as the number of tokens that greedy CTC has seen in the frames received (the trigger of
+triggered attention, Moritz et al. 2019): the attention decoder may not run ahead of the acoustic
+evidence, so the repetition test need not catch every look-ahead error, and a narrow window keeps
+it from stalling on tokens that legitimately recur (``THE``, ``S``) in long segments. After the last block, :meth:`BlockwiseBeamSearch.finalize` runs the ordinary
 joint beam search to ``<eos>`` over the whole utterance.
 
 Usage::
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from asr.search.beam_search import BeamSearch, BeamSearchConfig
-from asr.search.scorer import Beam, Hypothesis, Memory, PartialScorer, Scorer
+from asr.search.scorer import BLANK, Beam, Hypothesis, Memory, PartialScorer, Scorer
 
 __all__ = ["BsbsConfig", "BlockwiseBeamSearch"]
 
@@ -39,10 +45,16 @@ class BsbsConfig(BeamSearchConfig):
     Args:
         repetition_test: leave the block when a hypothesis repeats a token it already holds
             (besides on ``<eos>``).
+        repetition_window: the repetition test compares the new token with this many tokens before
+            it; None = the whole hypothesis (the paper's rule, which stalls on long segments).
+        ctc_trigger: a block's beam grows no longer than the greedy CTC token count of the frames
+            received so far (the rest waits for more frames, or for :meth:`finalize`).
         backoff: on leaving a block, also drop the last step committed in it.
     """
 
     repetition_test: bool = True
+    repetition_window: int | None = None
+    ctc_trigger: bool = False
     backoff: bool = True
 
 
@@ -62,10 +74,17 @@ class BlockwiseBeamSearch:
         self.memory: Memory | None = None
         self.beam: Beam | None = None
         self.steps_backed_off = 0  # total steps dropped by the backoff (diagnostics)
+        self.ctc_tokens = 0  # greedy CTC token count of the frames received (ctc_trigger)
+        self._last_label = BLANK
 
     def _append(self, enc: Tensor | None, ctc_logp: Tensor | None) -> None:
         if enc is None and ctc_logp is None:
             return
+        if ctc_logp is not None and ctc_logp.shape[0]:
+            labels = ctc_logp.argmax(-1).tolist()
+            for prev, label in zip([self._last_label] + labels, labels):
+                self.ctc_tokens += label != BLANK and label != prev
+            self._last_label = labels[-1]
         if self.memory is None:
             self.memory = Memory(enc=enc, ctc_logp=ctc_logp)
         else:
@@ -87,6 +106,8 @@ class BlockwiseBeamSearch:
         if self.beam is None:
             self.beam = self.search.init_beam(self.memory)
         max_len = self.search.max_len(self.memory)
+        if self.config.ctc_trigger and self.memory.ctc_logp is not None:
+            max_len = min(max_len, self.ctc_tokens)
         before_last = None  # the beam before the last step committed in this block
         while self.beam.tokens.shape[1] - 1 < max_len:
             step = self.search.expand(self.beam, self.memory)
@@ -104,6 +125,8 @@ class BlockwiseBeamSearch:
         if not self.config.repetition_test or running.tokens.shape[1] < 3:
             return False
         history, last = running.tokens[:, 1:-1], running.tokens[:, -1:]
+        if self.config.repetition_window is not None:
+            history = history[:, -self.config.repetition_window:] if self.config.repetition_window else history[:, :0]
         return bool((history == last).any())
 
     def best(self) -> Hypothesis:
