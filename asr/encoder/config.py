@@ -5,7 +5,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["EncoderConfig"]
+__all__ = ["BPTConfig", "EncoderConfig"]
+
+
+@dataclass(frozen=True)
+class BPTConfig:
+    """Blockwise Parallel Transformer in ``ConformerEncoder.forward`` (long utterances).
+
+    Attention is computed in ``query_block`` x ``key_block`` tiles with an online softmax and a
+    backward that recomputes each tile; the feed-forward modules run ``ff_block`` frames at a
+    time under recomputation. No T x T scores or T x (ff_mult * D) hidden activations are kept,
+    so training memory grows linearly with the utterance. Same numbers as the plain path; costs
+    a recomputation of the attention scores and of the feed-forward in the backward pass.
+
+    Attributes:
+        query_block, key_block: attention tile in encoder frames (40 ms each).
+        ff_block: frames per feed-forward block.
+    """
+
+    query_block: int = 1024
+    key_block: int = 1024
+    ff_block: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("query_block", "key_block", "ff_block"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BPTConfig: {name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -29,6 +55,8 @@ class EncoderConfig:
         train_block_sizes: block sizes (encoder frames) sampled by dynamic block training;
             ``None`` = full context.
         train_left_blocks: left contexts (blocks) sampled alongside; ``None`` = unlimited.
+        bpt: Blockwise Parallel Transformer for ``forward`` (training and offline encoding, every
+            block mask); ``None`` = off (the plain path). Streaming ``step`` is unaffected.
     """
 
     input_dim: int = 80
@@ -45,6 +73,7 @@ class EncoderConfig:
     query_chunk: int = 1024
     train_block_sizes: tuple[int | None, ...] = (None, 8, 16, 32)
     train_left_blocks: tuple[int | None, ...] = (None, 2, 4, 8)
+    bpt: BPTConfig | None = None
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:

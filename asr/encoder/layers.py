@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from asr.attention import Kernel, KVCache, MultiHeadAttention
+from asr.attention.bpt import bpt_feed_forward
+from asr.encoder.config import BPTConfig
 
 __all__ = ["FeedForward", "CausalConvModule", "ConformerLayer"]
 
@@ -130,16 +132,31 @@ class ConformerLayer(nn.Module):
         *,
         query_chunk: int = 1024,
         kernel: Kernel = "sdpa",
+        bpt: BPTConfig | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D), x_lens (B,), valid (B, T) bool -> (B, T, D) with the block-causal mask."""
-        x = x + 0.5 * self.ff1(x)
-        a = self.attn.forward_blockwise(
+        """x (B, T, D), x_lens (B,), valid (B, T) bool -> (B, T, D) with the block-causal mask.
+
+        ``bpt``: run attention and feed-forward blockwise (:mod:`asr.attention.bpt`; same
+        numbers, memory linear in T); ``query_chunk`` and ``kernel`` then do not apply.
+        """
+        if bpt is None:
+            x = x + 0.5 * self.ff1(x)
+            a = self.attn.forward_blockwise(
+                self.norm_attn(x), x_lens, block_size=block_size, left_blocks=left_blocks,
+                query_chunk=query_chunk, kernel=kernel,
+            )
+            x = x + self.dropout(a)
+            x = x + self.conv(x, valid)
+            x = x + 0.5 * self.ff2(x)
+            return self.norm_out(x)
+        x = x + 0.5 * bpt_feed_forward(self.ff1, x, bpt.ff_block)
+        a = self.attn.forward_bpt(
             self.norm_attn(x), x_lens, block_size=block_size, left_blocks=left_blocks,
-            query_chunk=query_chunk, kernel=kernel,
+            query_block=bpt.query_block, key_block=bpt.key_block,
         )
         x = x + self.dropout(a)
         x = x + self.conv(x, valid)
-        x = x + 0.5 * self.ff2(x)
+        x = x + 0.5 * bpt_feed_forward(self.ff2, x, bpt.ff_block)
         return self.norm_out(x)
 
     def step(
