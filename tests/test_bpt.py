@@ -9,7 +9,8 @@ import torch
 from asr.attention import MultiHeadAttention, bpt_attention, bpt_feed_forward, padding_mask
 from asr.config import ConfigError, from_dict
 from asr.encoder import BPTConfig, ConformerEncoder, EncoderConfig
-from asr.encoder.layers import ConformerLayer, FeedForward
+from asr.encoder.layers import CausalConvModule, ConformerLayer, FeedForward
+from asr.encoder.subsampling import Conv2dSubsampling
 
 D, H = 16, 4
 
@@ -78,6 +79,28 @@ def test_feed_forward_equals_plain(block):
     assert _max_diff(_grads(ff, x, ff, w), _grads(ff, x, lambda x: bpt_feed_forward(ff, x, block), w)) < 1e-12
 
 
+@pytest.mark.parametrize("block", [1, 3, 4, 5, 100])
+def test_conv_module_equals_plain(block):
+    """Blocks shorter than the kernel's left context (4) too; padded frames zeroed as in forward."""
+    torch.manual_seed(6)
+    conv = CausalConvModule(D, 5, 0.0).double()
+    x = torch.randn(2, 13, D, dtype=torch.float64)
+    valid = padding_mask(torch.tensor([13, 8]), 13)
+    w = torch.randn(2, 13, D, dtype=torch.float64)
+    ref = _grads(conv, x, lambda x: conv(x, valid), w)
+    assert _max_diff(ref, _grads(conv, x, lambda x: conv(x, valid, block=block), w)) < 1e-12
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 100])
+def test_subsampling_recompute_equals_plain(chunk):
+    torch.manual_seed(7)
+    sub = Conv2dSubsampling(20, D, 8).double()
+    x = torch.randn(2, 47, 20, dtype=torch.float64)
+    w = torch.randn(2, 11, D, dtype=torch.float64)  # 11 output frames
+    ref = _grads(sub, x, sub, w)
+    assert _max_diff(ref, _grads(sub, x, lambda x: sub(x, chunk_frames=chunk, recompute=True), w)) < 1e-12
+
+
 def _encoder_cfg(bpt: BPTConfig | None) -> EncoderConfig:
     return EncoderConfig(input_dim=20, d_model=D, n_heads=H, n_layers=2, ff_mult=3, conv_kernel=5,
                          subsampling_channels=8, dropout=0.0, pos="rel", bpt=bpt)
@@ -114,7 +137,7 @@ def _saved_numels(run) -> list[int]:
 
 @pytest.mark.parametrize("block_size,left_blocks", [(None, None), (8, None)])
 def test_no_quadratic_or_ff_wide_activation_kept(block_size, left_blocks):
-    """A conformer layer keeps only O(T * D) tensors (the widest: the conv module's 2D GLU input)."""
+    """A conformer layer keeps only O(T * D) tensors (the widest: the (2T - 1, D) relative embeddings)."""
     torch.manual_seed(4)
     b, t, ff_mult = 1, 201, 4
     layer = ConformerLayer(D, H, ff_mult, 5, 0.1, 0.1, "rel").train()
@@ -137,8 +160,8 @@ def test_config_from_yaml_mapping():
     assert EncoderConfig().bpt is None  # off by default
     with pytest.raises(ConfigError, match=r"exp.yaml.bpt.*unknown key 'query_blok'"):
         from_dict(EncoderConfig, {"bpt": {"query_blok": 256}}, source="exp.yaml")
-    with pytest.raises(ValueError, match="ff_block must be a positive integer"):
-        from_dict(EncoderConfig, {"bpt": {"ff_block": 0}})
+    with pytest.raises(ValueError, match="frame_block must be a positive integer"):
+        from_dict(EncoderConfig, {"bpt": {"frame_block": 0}})
     assert dataclasses.replace(cfg, bpt=None).bpt is None
 
 

@@ -13,22 +13,24 @@ class BPTConfig:
     """Blockwise Parallel Transformer in ``ConformerEncoder.forward`` (long utterances).
 
     Attention is computed in ``query_block`` x ``key_block`` tiles with an online softmax and a
-    backward that recomputes each tile; the feed-forward modules run ``ff_block`` frames at a
-    time under recomputation. No T x T scores or T x (ff_mult * D) hidden activations are kept,
-    so training memory grows linearly with the utterance. Same numbers as the plain path; costs
-    a recomputation of the attention scores and of the feed-forward in the backward pass.
+    backward that recomputes each tile; the feed-forward modules, the convolution modules and
+    the subsampling run ``frame_block`` encoder frames at a time under recomputation. No T x T
+    scores, no T x (ff_mult * D) feed-forward activation and no full-resolution subsampling
+    activation is kept, so training memory grows slowly and linearly with the utterance. Same
+    numbers as the plain path; costs one recomputation of the attention scores and of those
+    modules in the backward pass.
 
     Attributes:
         query_block, key_block: attention tile in encoder frames (40 ms each).
-        ff_block: frames per feed-forward block.
+        frame_block: encoder frames per block of the feed-forward, convolution and subsampling.
     """
 
     query_block: int = 1024
     key_block: int = 1024
-    ff_block: int = 1024
+    frame_block: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("query_block", "key_block", "ff_block"):
+        for name in ("query_block", "key_block", "frame_block"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"BPTConfig: {name} must be a positive integer, got {value!r}")

@@ -123,7 +123,11 @@ class ConformerEncoder(nn.Module):
         """
         _check_block_args(block_size, left_blocks)
         x_lens = x_lens.to(x.device)
-        y = self.dropout(self.subsampling(x))  # (B, T', D)
+        bpt = self.cfg.bpt
+        if bpt is None:
+            y = self.dropout(self.subsampling(x))  # (B, T', D)
+        else:
+            y = self.dropout(self.subsampling(x, chunk_frames=bpt.frame_block, recompute=True))
         y_lens = subsampled_length(x_lens)
         if y.shape[1] == 0:
             return y, y_lens
