@@ -122,6 +122,24 @@ def test_encoder_equals_plain(bpt, block_size, left_blocks):
     assert _max_diff(ref, got) < 1e-10
 
 
+def test_encoder_bf16_autocast_runs_and_agrees():
+    """Training runs under bf16 autocast: the tiles compute in bf16 with float32 softmax statistics."""
+    torch.manual_seed(8)
+    plain = ConformerEncoder(_encoder_cfg(None)).train()
+    fast = ConformerEncoder(_encoder_cfg(BPTConfig(16, 8, 16))).train()
+    fast.load_state_dict(plain.state_dict())
+    x, lens = torch.randn(2, 300, 20), torch.tensor([300, 190])
+    outs = []
+    for enc in (plain, fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, _ = enc(x, lens)
+        y.float().square().sum().backward()
+        outs.append((y.detach().float(), torch.cat([p.grad.flatten() for p in enc.parameters()])))
+    assert outs[1][0].dtype == torch.float32 and bool(torch.isfinite(outs[1][1]).all())
+    assert float((outs[0][0] - outs[1][0]).abs().max()) < 0.1  # bf16 rounding of O(1) outputs
+    assert float((outs[0][1] - outs[1][1]).norm() / outs[0][1].norm()) < 0.02
+
+
 def _saved_numels(run) -> list[int]:
     """Sizes of the tensors autograd keeps for the backward pass while ``run()`` runs."""
     sizes: list[int] = []

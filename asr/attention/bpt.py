@@ -138,9 +138,11 @@ def _tile_mask(q0: int, q1: int, k0: int, k1: int, key_valid: torch.Tensor | Non
                device: torch.device) -> torch.Tensor | None:
     """(B | 1, 1, q1-q0, k1-k0) bool, True = may attend; None = the whole tile is allowed."""
     out = None
-    if spec.block_size is not None:
-        struct = block_causal_mask_range(q0, q1 - q0, k0, k1 - k0, spec.block_size, spec.left_blocks, device)
-        out = None if bool(struct.all()) else struct[None, None]
+    bs, left = spec.block_size, spec.left_blocks
+    # Whole tile allowed: its last key's block <= its first query's block, and its last query's
+    # block within ``left`` of its first key's (decided on the host: no device sync per tile).
+    if bs is not None and not ((k1 - 1) // bs <= q0 // bs and (left is None or (q1 - 1) // bs - k0 // bs <= left)):
+        out = block_causal_mask_range(q0, q1 - q0, k0, k1 - k0, bs, left, device)[None, None]
     if key_valid is not None:
         pad = key_valid[:, None, None, k0:k1] | ~key_valid[:, None, q0:q1, None]  # padded queries: all keys
         out = pad if out is None else out & pad
