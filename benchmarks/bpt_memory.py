@@ -19,7 +19,8 @@ not spill into the next. Memory:
 - CPU: peak resident set size (``VmHWM``, reset after the warm-up step through
   /proc/self/clear_refs) minus the resident size at that point, glibc told to return every
   block of 64 KiB or more to the system on free (``MALLOC_MMAP_THRESHOLD_``); a proxy, good
-  for ratios.
+  for ratios. That setting costs time (about 25 % on either path at 30 s): CPU step times are
+  for comparing the two paths, not for absolute speed.
 
 Time: mean over ``--steps`` steps after one warm-up step, synchronised on CUDA. Default precision
 is bf16 autocast on CUDA (as training runs, ``optim.bf16``) and float32 on CPU; SDPA's cuDNN
@@ -43,6 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(ROOT))  # the asr package of this checkout
+from asr.encoder.config import BPTConfig  # noqa: E402
 MIB = 2**20
 
 
@@ -81,7 +83,8 @@ def worker(args) -> dict:
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
-    bpt = None if args.path == "plain" else {"query_block": args.block, "key_block": args.block, "frame_block": args.block}
+    bpt = None if args.path == "plain" else {"query_block": args.block, "key_block": args.block,
+                                             "frame_block": args.frame_block}
     cfg = _encoder_cfg(args.config, bpt)
     encoder = ConformerEncoder(cfg).to(device).train()
     head = torch.nn.Linear(cfg.d_model, args.vocab).to(device)
@@ -107,7 +110,8 @@ def worker(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    row = {"seconds": args.seconds, "path": args.path, "encoder_frames": int(encoder.output_lengths(feat_lens)[0])}
+    row = {"seconds": args.seconds, "path": args.path, "encoder_frames": int(encoder.output_lengths(feat_lens)[0]),
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     sync()
     base = torch.cuda.memory_allocated(device) / MIB if device.type == "cuda" else _status_mib("VmRSS")
     try:
@@ -130,7 +134,7 @@ def worker(args) -> dict:
 
 def _run_one(args, seconds: float, path: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--path", path, "--seconds", str(seconds), "--device", args.device,
-           "--config", args.config, "--batch", str(args.batch), "--block", str(args.block), "--steps", str(args.steps),
+           "--config", args.config, "--batch", str(args.batch), "--block", str(args.block), "--frame-block", str(args.frame_block), "--steps", str(args.steps),
            "--threads", str(args.threads), "--precision", args.precision, "--vocab", str(args.vocab)]
     try:
         # CPU: glibc serves every block >= 64 KiB by mmap and unmaps it on free, so a freed tensor
@@ -157,7 +161,9 @@ def main() -> int:
     p.add_argument("--seconds", default="30,60,120,300", help="utterance lengths, comma-separated")
     p.add_argument("--config", default=str(ROOT / "egs/default/conf/sar.yaml"), help="its model.encoder is used")
     p.add_argument("--batch", type=int, default=1, help="utterances per step")
-    p.add_argument("--block", type=int, default=1024, help="BPT query, key and frame block (encoder frames)")
+    p.add_argument("--block", type=int, default=BPTConfig.query_block, help="BPT query and key block (encoder frames)")
+    p.add_argument("--frame-block", type=int, default=BPTConfig.frame_block,
+                   help="BPT block of the feed-forward, convolution and subsampling (encoder frames)")
     p.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: bf16 on cuda, fp32 on cpu")
@@ -171,8 +177,7 @@ def main() -> int:
         args.seconds = float(args.seconds)
         print(json.dumps(worker(args)), flush=True)
         return 0
-    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    rows = []
+    rows = []  # the parent never touches the GPU: all of its memory is the workers' to use
     print(f"{'seconds':>8} {'path':>6} {'frames':>7} {'peak MiB':>10} {'activ. MiB':>11} {'step s':>8}", flush=True)
     for seconds in (float(s) for s in args.seconds.split(",")):
         for path in ("plain", "bpt"):
@@ -180,7 +185,9 @@ def main() -> int:
             rows.append(row)
             print(f"{seconds:8.0f} {path:>6} {row.get('encoder_frames', '-'):>7} {_cell(row, 'peak_mib', '{:.0f}'):>10} "
                   f"{_cell(row, 'activation_mib', '{:.0f}'):>11} {_cell(row, 'step_s', '{:.3f}'):>8}", flush=True)
+    device_name = next((r["device"] for r in rows if "device" in r), args.device)
     meta = {"device": device_name, "precision": args.precision, "batch": args.batch, "block": args.block,
+            "frame_block": args.frame_block,
             "steps": args.steps, "threads": args.threads, "config": Path(args.config).resolve().relative_to(ROOT).as_posix()
             if Path(args.config).resolve().is_relative_to(ROOT) else args.config, "torch": torch.__version__}
     RESULTS.mkdir(exist_ok=True)
@@ -190,7 +197,7 @@ def main() -> int:
     lines = [f"# BPT against the plain encoder: training memory and step time ({device_name})", "",
              f"`python benchmarks/bpt_memory.py --device {args.device} --seconds {args.seconds}`: encoder of "
              f"`{meta['config']}` + CTC, full context, forward + backward, batch {args.batch}, {args.precision}, "
-             f"BPT blocks {args.block}, {args.threads} thread(s), torch {torch.__version__}. Memory: {memory}; "
+             f"BPT query/key blocks {args.block}, frame blocks {args.frame_block}, {args.threads} thread(s), torch {torch.__version__}. Memory: {memory}; "
              "activation = peak minus the memory held before the step (weights, inputs).", "",
              "| audio s | encoder frames | plain peak MiB | BPT peak MiB | plain activ. MiB | BPT activ. MiB | "
              "activ. ratio | plain step s | BPT step s |", "|---|---|---|---|---|---|---|---|---|"]

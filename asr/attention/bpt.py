@@ -10,7 +10,9 @@ T x (ff * D) activations, for training on long utterances.
   the relative embeddings the tile needs) and dropout on the attention weights.
 * :func:`bpt_feed_forward` — a per-frame module (the feed-forward) applied ``block`` frames at a
   time under ``torch.utils.checkpoint``: the (B, T, ff * D) hidden activation is never stored,
-  only recomputed block by block in the backward pass.
+  only recomputed block by block in the backward pass. The encoder does the same for its
+  convolution modules and its subsampling (``CausalConvModule.forward(block=)``,
+  ``Conv2dSubsampling.forward(recompute=)``), whose blocks need a few frames of overlap.
 
 The numbers equal the plain path's (``MultiHeadAttention.forward_blockwise``) up to float
 rounding, gradients included (``tests/test_bpt.py``, float64). Dropout draws its masks from a
@@ -193,10 +195,10 @@ def _forward(q, k, v, u, vb, emb, key_valid, spec: _Spec) -> tuple[torch.Tensor,
             s = _scores(qt, k[:, :, k0:k1], u, vb, tab, spec).to(sdt)
             allowed = _tile_mask(q0, q1, k0, k1, key_valid, spec, q.device)
             if allowed is not None:
-                s = s.masked_fill(~allowed, float("-inf"))
+                s.masked_fill_(~allowed, float("-inf"))
             m_new = torch.maximum(m, s.amax(-1))
             m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)  # rows with nothing allowed yet
-            p = torch.exp(s - m_safe[..., None])
+            p = s.sub_(m_safe[..., None]).exp_()  # in place: one tile of scores alive at a time
             alpha = torch.exp(m - m_safe)
             l = l * alpha + p.sum(-1)
             if spec.dropout_p > 0:
@@ -249,17 +251,22 @@ class _BPTAttention(torch.autograd.Function):
                         inputs += [u_l, vb_l, tab]
                     with torch.enable_grad():
                         s = _scores(qt, kt, u_l if rel else None, vb_l if rel else None, tab, spec)
-                    p = torch.exp(s.detach().to(sdt) - lse[:, :, q0:q1, None])
+                    # In-place where possible: a few (B, H, tq, tk) tiles alive at a time.
+                    p = (s.detach().to(sdt) - lse[:, :, q0:q1, None]).exp_()
                     allowed = _tile_mask(q0, q1, k0, k1, key_valid, spec, q.device)
                     if allowed is not None:
-                        p = p.masked_fill(~allowed, 0.0)
+                        p.masked_fill_(~allowed, 0.0)
                     dp = (do_t @ v[:, :, k0:k1].transpose(-1, -2)).to(sdt)  # (B, H, tq, tk)
                     pd = p
                     if spec.dropout_p > 0:
                         keep = _keep(p.shape, spec, q0, k0, q.device) / (1 - spec.dropout_p)
-                        pd, dp = p * keep, dp * keep
+                        pd = p * keep
+                        dp.mul_(keep)
+                        del keep
                     dv[:, :, k0:k1] += (pd.to(v.dtype).transpose(-1, -2) @ do_t).to(sdt)
-                    ds = p * (dp - delta[:, :, q0:q1, None])
+                    del pd
+                    ds = dp.sub_(delta[:, :, q0:q1, None]).mul_(p)
+                    del p
                     grads = torch.autograd.grad(s, inputs, ds.to(s.dtype))
                     dq[:, :, q0:q1] += grads[0].to(sdt)
                     dk[:, :, k0:k1] += grads[1].to(sdt)

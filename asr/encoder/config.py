@@ -21,13 +21,17 @@ class BPTConfig:
     modules in the backward pass.
 
     Attributes:
-        query_block, key_block: attention tile in encoder frames (40 ms each).
+        query_block, key_block: attention tile in encoder frames (40 ms each); a tile holds
+            B x H x query_block x key_block scores (16 MiB per utterance at 4 heads, float32).
+            Larger tiles mean fewer, larger kernels (faster on a GPU), smaller ones less memory.
         frame_block: encoder frames per block of the feed-forward, convolution and subsampling.
+            The subsampling's recomputed block is the widest activation left (about 100 x D
+            floats per encoder frame), hence smaller than the attention tiles.
     """
 
     query_block: int = 1024
     key_block: int = 1024
-    frame_block: int = 1024
+    frame_block: int = 256
 
     def __post_init__(self) -> None:
         for name in ("query_block", "key_block", "frame_block"):
