@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from asr.attention import MultiHeadAttention, bpt_attention, bpt_feed_forward, padding_mask
-from asr.config import ConfigError, from_dict
+from asr.config import ConfigError, from_dict, to_dict
 from asr.encoder import BPTConfig, ConformerEncoder, EncoderConfig
 from asr.encoder.layers import CausalConvModule, ConformerLayer, FeedForward
 from asr.encoder.subsampling import Conv2dSubsampling
@@ -174,6 +174,7 @@ def test_no_quadratic_or_ff_wide_activation_kept(block_size, left_blocks):
 def test_config_from_yaml_mapping():
     cfg = from_dict(EncoderConfig, {"bpt": {"query_block": 256}}, source="exp.yaml")
     assert cfg.bpt == BPTConfig(query_block=256)
+    assert from_dict(EncoderConfig, to_dict(cfg)) == cfg  # a saved model's config.yaml loads back
     assert from_dict(EncoderConfig, {"bpt": None}).bpt is None
     assert EncoderConfig().bpt is None  # off by default
     with pytest.raises(ConfigError, match=r"exp.yaml.bpt.*unknown key 'query_blok'"):

@@ -114,8 +114,9 @@ class ConformerEncoder(nn.Module):
             block_size: frames per attention block; None = full context (padding-masked).
             left_blocks: blocks of left context; None = unlimited.
 
-        With ``cfg.bpt`` set, attention and feed-forward run blockwise (Blockwise Parallel
-        Transformer, :mod:`asr.attention.bpt`): the same frames, memory linear in T.
+        With ``cfg.bpt`` set, attention, feed-forward, convolution modules and subsampling run
+        blockwise under recomputation (Blockwise Parallel Transformer, :mod:`asr.attention.bpt`):
+        the same frames, training memory linear in T.
 
         Returns:
             y (B, T', D) with zeros at padded frames, y_lens (B,) where
@@ -135,7 +136,7 @@ class ConformerEncoder(nn.Module):
         kernel = "flex" if self.cfg.kernel == "flex" and x.is_cuda else "sdpa"
         for layer in self.layers:
             y = layer(y, y_lens, valid, block_size, left_blocks, query_chunk=self.cfg.query_chunk, kernel=kernel,
-                      bpt=self.cfg.bpt)
+                      bpt=bpt)
         return y.masked_fill(~valid[..., None], 0.0), y_lens
 
     def sample_block_config(self, generator: torch.Generator | None = None) -> tuple[int | None, int | None]:

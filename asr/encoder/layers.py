@@ -162,8 +162,9 @@ class ConformerLayer(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, D), x_lens (B,), valid (B, T) bool -> (B, T, D) with the block-causal mask.
 
-        ``bpt``: run attention and feed-forward blockwise (:mod:`asr.attention.bpt`; same
-        numbers, memory linear in T); ``query_chunk`` and ``kernel`` then do not apply.
+        ``bpt``: run attention, feed-forward and convolution blockwise under recomputation
+        (:mod:`asr.attention.bpt`; same numbers, memory linear in T); ``query_chunk`` and
+        ``kernel`` then do not apply.
         """
         if bpt is None:
             x = x + 0.5 * self.ff1(x)

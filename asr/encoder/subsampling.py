@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -60,9 +62,7 @@ class Conv2dSubsampling(nn.Module):
         """
         compute = self.compute
         if recompute and torch.is_grad_enabled():
-            def compute(x: torch.Tensor) -> torch.Tensor:
-                return checkpoint(self.compute, x, use_reentrant=False)
-
+            compute = functools.partial(checkpoint, self.compute, use_reentrant=False)
         t_out = subsampled_length(x.shape[1])
         if t_out == 0:
             return x.new_zeros(x.shape[0], 0, self.proj.out_features)
