@@ -171,6 +171,21 @@ def test_no_quadratic_or_ff_wide_activation_kept(block_size, left_blocks):
     assert max(_saved_numels(run(BPTConfig(32, 32, 32)))) <= b * t * 2 * D
 
 
+def test_encoder_keeps_nothing_wider_than_its_input_or_the_rel_embeddings():
+    """The whole encoder, subsampling included: its first conv's output (1, 32, 404, 9) is 7x the bound."""
+    torch.manual_seed(9)
+    t_feats = 810
+    x, lens = torch.randn(1, t_feats, 20), torch.tensor([t_feats])
+    wide = dataclasses.replace(_encoder_cfg(None), subsampling_channels=32)
+    plain = ConformerEncoder(wide).train()
+    fast = ConformerEncoder(dataclasses.replace(wide, bpt=BPTConfig(32, 32, 32))).train()
+    t = int(fast.output_lengths(lens)[0])
+    bound = max(t_feats * 20, (2 * t - 1) * D)  # the features; the (2T - 1, D) relative embeddings
+    plain.layers = plain.layers[:0]  # the subsampling alone makes the plain path fail the bound
+    assert max(_saved_numels(lambda: plain(x, lens)[0].sum())) > 5 * bound
+    assert max(_saved_numels(lambda: fast(x, lens)[0].sum())) <= bound
+
+
 def test_config_from_yaml_mapping():
     cfg = from_dict(EncoderConfig, {"bpt": {"query_block": 256}}, source="exp.yaml")
     assert cfg.bpt == BPTConfig(query_block=256)
