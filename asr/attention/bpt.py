@@ -153,17 +153,20 @@ def _tile_mask(q0: int, q1: int, k0: int, k1: int, key_valid: torch.Tensor | Non
 
 def _scores(qt: torch.Tensor, kt: torch.Tensor, u: torch.Tensor | None, vb: torch.Tensor | None,
             emb: torch.Tensor | None, spec: _Spec) -> torch.Tensor:
-    """Scaled scores (B, H, tq, tk) of one tile (differentiable in every tensor argument).
+    """Scaled scores (B, H, tq, tk) of one tile in the statistics dtype (differentiable in every
+    tensor argument). The two matmuls run in the input dtype; their sum is taken in float32 for
+    half inputs, as SDPA adds its float mask to float32 scores.
 
     ``emb`` is the full (2T - 1, H, dh) table or, in the backward pass, a tensor whose row 0 is
     the first row the tile needs (``_emb_rows``)."""
+    sdt = _stat_dtype(qt.dtype)
     if emb is None:
-        return (qt @ kt.transpose(-1, -2)) * spec.scale
+        return (qt @ kt.transpose(-1, -2)).to(sdt) * spec.scale
     tq, tk = qt.shape[-2], kt.shape[-2]
     ac = (qt + u.to(qt.dtype)[:, None]) @ kt.transpose(-1, -2)  # (B, H, tq, tk)
     qv = qt + vb.to(qt.dtype)[:, None]
     bd = torch.einsum("bhqd,rhd->bhqr", qv, emb[: tq + tk - 1].to(qt.dtype))  # (B, H, tq, tq + tk - 1)
-    return (ac + rel_shift(bd, tk)) * spec.scale
+    return (ac.to(sdt) + rel_shift(bd, tk).to(sdt)) * spec.scale
 
 
 def _emb_rows(t: int, q0: int, q1: int, k0: int) -> int:
@@ -192,7 +195,7 @@ def _forward(q, k, v, u, vb, emb, key_valid, spec: _Spec) -> tuple[torch.Tensor,
         acc = torch.zeros(b, h, q1 - q0, dh, dtype=sdt, device=q.device)
         for k0, k1 in keys:
             tab = None if emb is None else emb[_emb_rows(t, q0, q1, k0):]
-            s = _scores(qt, k[:, :, k0:k1], u, vb, tab, spec).to(sdt)
+            s = _scores(qt, k[:, :, k0:k1], u, vb, tab, spec)
             allowed = _tile_mask(q0, q1, k0, k1, key_valid, spec, q.device)
             if allowed is not None:
                 s.masked_fill_(~allowed, float("-inf"))
@@ -252,7 +255,7 @@ class _BPTAttention(torch.autograd.Function):
                     with torch.enable_grad():
                         s = _scores(qt, kt, u_l if rel else None, vb_l if rel else None, tab, spec)
                     # In-place where possible: a few (B, H, tq, tk) tiles alive at a time.
-                    p = (s.detach().to(sdt) - lse[:, :, q0:q1, None]).exp_()
+                    p = (s.detach() - lse[:, :, q0:q1, None]).exp_()
                     allowed = _tile_mask(q0, q1, k0, k1, key_valid, spec, q.device)
                     if allowed is not None:
                         p.masked_fill_(~allowed, 0.0)
@@ -267,7 +270,7 @@ class _BPTAttention(torch.autograd.Function):
                     del pd
                     ds = dp.sub_(delta[:, :, q0:q1, None]).mul_(p)
                     del p
-                    grads = torch.autograd.grad(s, inputs, ds.to(s.dtype))
+                    grads = torch.autograd.grad(s, inputs, ds)
                     dq[:, :, q0:q1] += grads[0].to(sdt)
                     dk[:, :, k0:k1] += grads[1].to(sdt)
                     if rel:

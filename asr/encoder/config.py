@@ -62,7 +62,8 @@ class EncoderConfig:
             ``None`` = full context.
         train_left_blocks: left contexts (blocks) sampled alongside; ``None`` = unlimited.
         bpt: Blockwise Parallel Transformer for ``forward`` (training and offline encoding, every
-            block mask); ``None`` = off (the plain path). Streaming ``step`` is unaffected.
+            block mask); ``None`` = off (the plain path). ``kernel`` and ``query_chunk`` do not
+            apply to a BPT ``forward``; streaming ``step`` is unaffected.
     """
 
     input_dim: int = 80
