@@ -50,6 +50,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
                 return _convert(arg, value, where)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # ``X | None``: X's own message names the bad key (an unknown one, say)
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: {value!r} does not match {tp}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):

@@ -1,5 +1,6 @@
 """The attention core: masks, positions, multi-head attention, the KV caches and the long-context
-modules (XPos, LongGen sparse attention, PagedEviction, Star Attention)."""
+modules (XPos, LongGen sparse attention, PagedEviction, Star Attention, Blockwise Parallel
+Transformer)."""
 
 from asr.attention.kv_cache import KVCache
 from asr.attention.masks import (
@@ -15,6 +16,7 @@ from asr.attention.masks import (
     sliding_window_mask,
     strided_block_sparse_mask,
 )
+from asr.attention.bpt import bpt_attention, bpt_feed_forward
 from asr.attention.mha import Kernel, MultiHeadAttention, PosKind, flex_available
 from asr.attention.paged_cache import PagedCacheConfig, PagedKVCache, paged_self_attention
 from asr.attention.positions import RelPositionalEncoding, RotaryEmbedding, rel_shift, sinusoid
@@ -35,6 +37,8 @@ __all__ = [
     "XPosEmbedding",
     "attention_with_lse",
     "block_causal_mask",
+    "bpt_attention",
+    "bpt_feed_forward",
     "block_causal_mask_range",
     "causal_mask",
     "combine_with_padding",

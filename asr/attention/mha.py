@@ -9,6 +9,9 @@ One module, three ways to call it:
 * :meth:`MultiHeadAttention.forward_blockwise` — block-causal self-attention over a whole
   (padded) sequence, computed a slice of query blocks at a time so memory stays linear in the
   length when the left context is bounded; optional FlexAttention kernel.
+* :meth:`MultiHeadAttention.forward_bpt` — the same attention computed tile by tile with an
+  online softmax and a recomputing backward (:mod:`asr.attention.bpt`): no T x T scores are
+  kept in training either (long utterances).
 
 Positions (``pos``): ``"none"``, ``"rel"`` (Transformer-XL/conformer relative positions with
 ``pos_bias_u``/``pos_bias_v``), ``"rotary"`` or ``"xpos"`` (rotary with exponential decay,
@@ -28,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asr.attention.bpt import bpt_attention
 from asr.attention.kv_cache import KVCache
 from asr.attention.masks import block_causal_mask_range, combine_with_padding, padding_mask
 from asr.attention.positions import RelPositionalEncoding, RotaryEmbedding, rel_shift
@@ -285,6 +289,44 @@ class MultiHeadAttention(nn.Module):
                 self.attend(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], q_start=q0, k_start=k0, mask=m)
             )
         return self._merge(torch.cat(outs, dim=2))
+
+    def forward_bpt(
+        self,
+        x: torch.Tensor,
+        x_lens: torch.Tensor | None,
+        *,
+        block_size: int | None,
+        left_blocks: int | None,
+        query_block: int = 1024,
+        key_block: int = 1024,
+    ) -> torch.Tensor:
+        """:meth:`forward_blockwise` computed as a Blockwise Parallel Transformer (positions start at 0).
+
+        Query and key tiles of ``query_block`` x ``key_block`` frames, online softmax, and a
+        backward that recomputes every tile (:func:`~asr.attention.bpt.bpt_attention`): memory
+        O(T) plus one tile, with or without autograd. Same numbers as :meth:`forward_blockwise`
+        at valid queries (float rounding aside); attention dropout draws its own masks.
+
+        Args:
+            x: (B, T, D); x_lens: (B,) valid lengths or None.
+            block_size, left_blocks: see :func:`~asr.attention.masks.block_causal_mask`.
+            query_block, key_block: tile size in frames.
+
+        Returns:
+            (B, T, D).
+        """
+        t = x.shape[1]
+        q, k, v = self.project_self(x, 0)
+        rel = None
+        if self.pos == "rel":
+            emb = self.rel_pos(t - 1, 2 * t - 1, x.device, q.dtype)  # (2T - 1, H, dh), distances T-1 .. -(T-1)
+            rel = (self.pos_bias_u, self.pos_bias_v, emb)
+        out = bpt_attention(
+            q, k, v, key_valid=None if x_lens is None else padding_mask(x_lens.to(x.device), t), rel=rel,
+            block_size=block_size, left_blocks=left_blocks, query_block=query_block, key_block=key_block,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self._merge(out)
 
     def _attend_flex(
         self,

@@ -5,7 +5,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["EncoderConfig"]
+__all__ = ["BPTConfig", "EncoderConfig"]
+
+
+@dataclass(frozen=True)
+class BPTConfig:
+    """Blockwise Parallel Transformer in ``ConformerEncoder.forward`` (long utterances).
+
+    Attention is computed in ``query_block`` x ``key_block`` tiles with an online softmax and a
+    backward that recomputes each tile; the feed-forward modules, the convolution modules and
+    the subsampling run ``frame_block`` encoder frames at a time under recomputation. No T x T
+    scores, no T x (ff_mult * D) feed-forward activation and no full-resolution subsampling
+    activation is kept, so training memory grows slowly and linearly with the utterance. Same
+    numbers as the plain path; costs one recomputation of the attention scores and of those
+    modules in the backward pass.
+
+    Attributes:
+        query_block, key_block: attention tile in encoder frames (40 ms each); a tile holds
+            B x H x query_block x key_block scores (16 MiB per utterance at 4 heads, float32).
+            Larger tiles mean fewer, larger kernels (faster on a GPU), smaller ones less memory.
+        frame_block: encoder frames per block of the feed-forward, convolution and subsampling.
+            The subsampling's recomputed block is the widest activation left (about 100 x D
+            floats per encoder frame), hence smaller than the attention tiles.
+    """
+
+    query_block: int = 1024
+    key_block: int = 1024
+    frame_block: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("query_block", "key_block", "frame_block"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BPTConfig: {name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -29,6 +61,9 @@ class EncoderConfig:
         train_block_sizes: block sizes (encoder frames) sampled by dynamic block training;
             ``None`` = full context.
         train_left_blocks: left contexts (blocks) sampled alongside; ``None`` = unlimited.
+        bpt: Blockwise Parallel Transformer for ``forward`` (training and offline encoding, every
+            block mask); ``None`` = off (the plain path). ``kernel`` and ``query_chunk`` do not
+            apply to a BPT ``forward``; streaming ``step`` is unaffected.
     """
 
     input_dim: int = 80
@@ -45,6 +80,7 @@ class EncoderConfig:
     query_chunk: int = 1024
     train_block_sizes: tuple[int | None, ...] = (None, 8, 16, 32)
     train_left_blocks: tuple[int | None, ...] = (None, 2, 4, 8)
+    bpt: BPTConfig | None = None
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:

@@ -114,20 +114,29 @@ class ConformerEncoder(nn.Module):
             block_size: frames per attention block; None = full context (padding-masked).
             left_blocks: blocks of left context; None = unlimited.
 
+        With ``cfg.bpt`` set, attention, feed-forward, convolution modules and subsampling run
+        blockwise under recomputation (Blockwise Parallel Transformer, :mod:`asr.attention.bpt`):
+        the same frames, training memory linear in T.
+
         Returns:
             y (B, T', D) with zeros at padded frames, y_lens (B,) where
             ``T' = ((T - 1) // 2 - 1) // 2``.
         """
         _check_block_args(block_size, left_blocks)
         x_lens = x_lens.to(x.device)
-        y = self.dropout(self.subsampling(x))  # (B, T', D)
+        bpt = self.cfg.bpt
+        if bpt is None:
+            y = self.dropout(self.subsampling(x))  # (B, T', D)
+        else:
+            y = self.dropout(self.subsampling(x, chunk_frames=bpt.frame_block, recompute=True))
         y_lens = subsampled_length(x_lens)
         if y.shape[1] == 0:
             return y, y_lens
         valid = padding_mask(y_lens, y.shape[1])  # (B, T')
         kernel = "flex" if self.cfg.kernel == "flex" and x.is_cuda else "sdpa"
         for layer in self.layers:
-            y = layer(y, y_lens, valid, block_size, left_blocks, query_chunk=self.cfg.query_chunk, kernel=kernel)
+            y = layer(y, y_lens, valid, block_size, left_blocks, query_chunk=self.cfg.query_chunk, kernel=kernel,
+                      bpt=bpt)
         return y.masked_fill(~valid[..., None], 0.0), y_lens
 
     def sample_block_config(self, generator: torch.Generator | None = None) -> tuple[int | None, int | None]:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from asr.attention import Kernel, KVCache, MultiHeadAttention
+from asr.attention.bpt import bpt_feed_forward
+from asr.encoder.config import BPTConfig
 
 __all__ = ["FeedForward", "CausalConvModule", "ConformerLayer"]
 
@@ -61,14 +64,26 @@ class CausalConvModule(nn.Module):
         Returns: y (B, t, D) and the new cache. Padded frames are zeroed before the
         convolution (they only ever reach later, also padded, frames).
         """
-        h = F.glu(self.pointwise_in(self.norm_in(x)), dim=-1)  # (B, t, D)
-        if valid is not None:
-            h = h.masked_fill(~valid[..., None], 0.0)
-        h = torch.cat([cache, h], dim=1)  # (B, kernel - 1 + t, D)
+        h = torch.cat([cache, self._glu(x, valid)], dim=1)  # (B, kernel - 1 + t, D)
         new_cache = h[:, h.shape[1] - (self.kernel - 1) :]
-        h = self._depthwise(h)  # (B, t, D)
-        h = F.silu(self.norm_mid(h))
-        return self.dropout(self.pointwise_out(h)), new_cache
+        return self._tail(h), new_cache
+
+    def _glu(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """LayerNorm -> pointwise -> GLU of (B, t, D), padded frames zeroed."""
+        h = F.glu(self.pointwise_in(self.norm_in(x)), dim=-1)  # (B, t, D)
+        return h if valid is None else h.masked_fill(~valid[..., None], 0.0)
+
+    def _tail(self, h: torch.Tensor) -> torch.Tensor:
+        """Depthwise conv -> LayerNorm -> SiLU -> pointwise -> Dropout: (B, kernel - 1 + t, D) -> (B, t, D)."""
+        h = F.silu(self.norm_mid(self._depthwise(h)))
+        return self.dropout(self.pointwise_out(h))
+
+    def _block(self, x: torch.Tensor, valid: torch.Tensor | None, n_left: int) -> torch.Tensor:
+        """Output frames of ``x[:, n_left:]``, the ``n_left <= kernel - 1`` frames before them given
+        (fewer than ``kernel - 1`` only at the start of the sequence: zero padding there)."""
+        h = self._glu(x, valid)
+        h = F.pad(h, (0, 0, self.kernel - 1 - n_left, 0))  # (B, kernel - 1 + t, D)
+        return self._tail(h)
 
     def _depthwise(self, h: torch.Tensor) -> torch.Tensor:
         """The depthwise convolution of (B, kernel - 1 + t, D) -> (B, t, D).
@@ -87,10 +102,23 @@ class CausalConvModule(nn.Module):
             y = torch.addcmul(y, h[:, j : j + t], w[j])
         return y if self.depthwise.bias is None else y + self.depthwise.bias
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, D) -> (B, T, D), zero left padding."""
-        cache = self.init_cache(x.shape[0], x.shape[2], x.device, x.dtype)
-        return self.step(x, cache, valid)[0]
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, block: int | None = None) -> torch.Tensor:
+        """x (B, T, D) -> (B, T, D), zero left padding.
+
+        ``block``: with autograd, compute ``block`` frames at a time (each from its frames and
+        the ``kernel - 1`` before them) under ``torch.utils.checkpoint``, so only the input is
+        kept for the backward pass (Blockwise Parallel Transformer); the same numbers.
+        """
+        t = x.shape[1]
+        if block is None or t <= block or not torch.is_grad_enabled():
+            cache = self.init_cache(x.shape[0], x.shape[2], x.device, x.dtype)
+            return self.step(x, cache, valid)[0]
+        outs = []
+        for t0 in range(0, t, block):
+            s0, t1 = max(0, t0 - (self.kernel - 1)), min(t, t0 + block)
+            v = None if valid is None else valid[:, s0:t1]
+            outs.append(checkpoint(self._block, x[:, s0:t1], v, t0 - s0, use_reentrant=False))
+        return torch.cat(outs, dim=1)
 
 
 class ConformerLayer(nn.Module):
@@ -130,16 +158,32 @@ class ConformerLayer(nn.Module):
         *,
         query_chunk: int = 1024,
         kernel: Kernel = "sdpa",
+        bpt: BPTConfig | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D), x_lens (B,), valid (B, T) bool -> (B, T, D) with the block-causal mask."""
-        x = x + 0.5 * self.ff1(x)
-        a = self.attn.forward_blockwise(
+        """x (B, T, D), x_lens (B,), valid (B, T) bool -> (B, T, D) with the block-causal mask.
+
+        ``bpt``: run attention, feed-forward and convolution blockwise under recomputation
+        (:mod:`asr.attention.bpt`; same numbers, memory linear in T); ``query_chunk`` and
+        ``kernel`` then do not apply.
+        """
+        if bpt is None:
+            x = x + 0.5 * self.ff1(x)
+            a = self.attn.forward_blockwise(
+                self.norm_attn(x), x_lens, block_size=block_size, left_blocks=left_blocks,
+                query_chunk=query_chunk, kernel=kernel,
+            )
+            x = x + self.dropout(a)
+            x = x + self.conv(x, valid)
+            x = x + 0.5 * self.ff2(x)
+            return self.norm_out(x)
+        x = x + 0.5 * bpt_feed_forward(self.ff1, x, bpt.frame_block)
+        a = self.attn.forward_bpt(
             self.norm_attn(x), x_lens, block_size=block_size, left_blocks=left_blocks,
-            query_chunk=query_chunk, kernel=kernel,
+            query_block=bpt.query_block, key_block=bpt.key_block,
         )
         x = x + self.dropout(a)
-        x = x + self.conv(x, valid)
-        x = x + 0.5 * self.ff2(x)
+        x = x + self.conv(x, valid, block=bpt.frame_block)
+        x = x + 0.5 * bpt_feed_forward(self.ff2, x, bpt.frame_block)
         return self.norm_out(x)
 
     def step(

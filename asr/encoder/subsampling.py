@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["Conv2dSubsampling", "subsampled_length"]
 
@@ -48,20 +51,25 @@ class Conv2dSubsampling(nn.Module):
         h = torch.relu(self.conv2(h))  # (B, C, T', F')
         return self.proj(h.transpose(1, 2).flatten(2))  # (B, T', D)
 
-    def forward(self, x: torch.Tensor, chunk_frames: int = 1024) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, chunk_frames: int = 1024, recompute: bool = False) -> torch.Tensor:
         """(B, T, F) -> (B, T', D), computed ``chunk_frames`` output frames at a time.
 
         Chunking gives the same numbers (no padding, exact input windows) and bounds the
         full-resolution convolution activations for long inputs (an hour of audio would
-        otherwise need gigabytes for the first conv's output).
+        otherwise need gigabytes for the first conv's output). ``recompute``: with autograd, run
+        each chunk under ``torch.utils.checkpoint`` so those activations are not kept for the
+        backward pass either (Blockwise Parallel Transformer training).
         """
+        compute = self.compute
+        if recompute and torch.is_grad_enabled():
+            compute = functools.partial(checkpoint, self.compute, use_reentrant=False)
         t_out = subsampled_length(x.shape[1])
         if t_out == 0:
             return x.new_zeros(x.shape[0], 0, self.proj.out_features)
         if t_out <= chunk_frames:
-            return self.compute(x[:, : STRIDE * t_out + 3])
+            return compute(x[:, : STRIDE * t_out + 3])
         outs = []
         for o0 in range(0, t_out, chunk_frames):
             o1 = min(t_out, o0 + chunk_frames)
-            outs.append(self.compute(x[:, STRIDE * o0 : STRIDE * o1 + 3]))
+            outs.append(compute(x[:, STRIDE * o0 : STRIDE * o1 + 3]))
         return torch.cat(outs, dim=1)
