@@ -23,7 +23,8 @@ from typing import Any, Callable, Mapping
 # must not wait seconds for torch. The model code is imported by load_inference only.
 
 __all__ = ["DECODERS", "DEFAULT_MODEL_DIR", "FRAME_MS", "SESSION_FIELDS", "InferenceConfig", "SettingsError",
-           "add_inference_arguments", "add_session_arguments", "check_field", "check_model_files", "flag_type",
+           "add_inference_arguments", "add_session_arguments", "check_field", "check_model_files",
+           "check_session_context", "flag_type",
            "inference_config_from_args", "load_inference", "parse_block_ms", "resolve_device",
            "session_overrides_from_args"]
 
@@ -64,6 +65,10 @@ class InferenceConfig:
         ctc_beam: the ctc decoder's final result by CTC prefix beam search of this width (1 = greedy).
         lm: LM directory (``asr train-lm``) for shallow fusion (bsbs, offline).
         lm_weight: shallow-fusion weight of the LM.
+        session_context: tokens of the earlier segments' finals of the same stream carried into the
+            next segment (None or 0 = none, each segment alone): the LM fusion context (bsbs,
+            offline; needs ``lm``, kept in paged caches with PagedEviction) or the SAR decoder's label
+            context (its last N tokens). See :mod:`asr.models.lm_session`.
         tentative_frames: SAR boundary rule ``g`` (0 = naive).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when present).
         threads: CPU threads of torch's intra-op pool (None = torch's default, one per core). The
@@ -81,6 +86,7 @@ class InferenceConfig:
     length_bonus: float = 0.0
     lm: str | None = None
     lm_weight: float = 0.0
+    session_context: int | None = None
     tentative_frames: int = 2
     device: str = "cpu"
     threads: int | None = 1
@@ -139,6 +145,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "length_bonus": (_is_number, "a number"),
     "lm": (lambda v: v is None or isinstance(v, str), "an LM directory"),
     "lm_weight": (lambda v: _is_number(v) and v >= 0.0, "a number >= 0"),
+    "session_context": (lambda v: v is None or (_is_int(v) and v >= 0),
+                        "an integer >= 0 (tokens of context; 0 or none = none)"),
     "tentative_frames": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "device": (_device_ok, "cpu, cuda, cuda:N or auto"),
     "threads": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1"),
@@ -151,6 +159,19 @@ def check_field(name: str, value: Any) -> None:
     test, expected = _RULES[name]
     if not test(value):
         raise SettingsError(name, f"expected {expected}, got {value!r}")
+
+
+def check_session_context(decoder: str, session_context: int | None, has_lm: bool) -> None:
+    """``session_context`` fits ``decoder``: sar carries its label context; bsbs and offline carry
+    the fusion LM's context, so they need an LM; ctc has no context. Raises :class:`SettingsError`."""
+    if not session_context:
+        return
+    if decoder == "ctc":
+        raise SettingsError("session_context", "--session-context works with the sar, bsbs and offline decoders; "
+                                               "ctc has no label context to carry")
+    if decoder in ("bsbs", "offline") and not has_lm:
+        raise SettingsError("session_context", f"--session-context with --decoder {decoder} needs --lm DIR "
+                                               "(the context is the fusion LM's)")
 
 
 def parse_block_ms(value: Any) -> int | None:
@@ -171,11 +192,12 @@ def _none_or(convert: Callable[[str], Any], none: str) -> Callable[[str], Any]:
     return lambda text: None if text == none else convert(text)
 
 
-# field -> how its command-line text becomes a value ("full" / "none" are the None of two fields)
+# field -> how its command-line text becomes a value ("full" / "none" are the None of some fields)
 _FROM_TEXT: dict[str, Callable[[str], Any]] = {
     "model": str, "decoder": str, "block_ms": _none_or(int, "full"), "left_blocks": _none_or(int, "none"),
     "beam": int, "ctc_beam": int, "ctc_weight": float, "length_bonus": float, "lm": str, "lm_weight": float,
-    "tentative_frames": int, "device": str, "threads": _none_or(int, "none"),
+    "session_context": _none_or(int, "none"), "tentative_frames": int, "device": str,
+    "threads": _none_or(int, "none"),
 }
 
 
@@ -215,6 +237,9 @@ _HELP = {
     "length_bonus": "per-token score bonus in the beam searches (default {default})",
     "lm": "LM directory (asr train-lm) for shallow fusion in bsbs/offline; same tokenizer as the model",
     "lm_weight": "shallow-fusion weight (default 0.3 with --lm)",
+    "session_context": "carry up to N tokens of the earlier segments' finals of the same stream into the next "
+                       "segment: the LM's fusion context for bsbs/offline (needs --lm; PagedEviction keeps it "
+                       "bounded), the label context of the SAR decoder (default: none, each segment alone)",
     "tentative_frames": "SAR boundary rule g; 0 = naive (default {default})",
     "device": "cpu, cuda, cuda:N or auto (cuda when present) (default {default})",
     "threads": "CPU threads of torch, or 'none' for torch's own choice (one per core) (default {default}; "
@@ -267,11 +292,14 @@ def session_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def inference_config_from_args(args: argparse.Namespace) -> InferenceConfig:
     """The :class:`InferenceConfig` of parsed :func:`add_inference_arguments` flags.
 
-    ``--lm-weight`` defaults to 0.3 with ``--lm`` and 0 without; a weight without ``--lm`` is an error.
+    ``--lm-weight`` defaults to 0.3 with ``--lm`` and 0 without; a weight without ``--lm`` is an error,
+    and so is ``--session-context`` where the decoder has no context to carry
+    (:func:`check_session_context`).
     """
     if args.lm is None and args.lm_weight:
         raise SettingsError("lm_weight", "--lm-weight needs --lm DIR")
     weight = 0.0 if args.lm is None else (0.3 if args.lm_weight is None else args.lm_weight)
+    check_session_context(args.decoder, args.session_context, has_lm=args.lm is not None)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(InferenceConfig)}
     return InferenceConfig(**{**values, "lm_weight": weight})
 

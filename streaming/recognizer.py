@@ -4,7 +4,10 @@ audio -> :class:`~asr.features.OnlineFbank` -> CMVN -> ``encoder.step`` (block m
 caches) -> per block: CTC log-probs, the block decoder that the settings name
 (:func:`asr.decode.build_decoder`), the endpointer. A segment ends on the endpoint rules (or at
 :meth:`Recognizer.finalize`); its final result carries word timestamps and the decoder starts
-afresh, so an hours-long stream keeps bounded state.
+afresh, so an hours-long stream keeps bounded state. With ``cfg.session_context = N`` the decoder
+keeps up to N tokens of the stream's earlier finals as the next segment's context (the fusion LM's
+for bsbs/offline, in paged caches with PagedEviction; the SAR label context), still bounded. The
+context belongs to the stream: a new Recognizer starts a new session.
 
 The results do not depend on how the audio is chunked: features, encoder blocks and every
 decision are computed on the same frames whatever the chunk sizes.

@@ -61,6 +61,12 @@ def _cases(f):
          f"asr transcribe: error: model: {f['empty_model']}: not a model directory (no model.pt, tokenizer.model)", False),
         (t + ["--lm", f["nowhere"]], f"asr transcribe: error: lm: {f['nowhere']}: no such LM directory", False),
         (t + ["--lm-weight", "0.5"], "asr transcribe: error: lm_weight: --lm-weight needs --lm DIR", False),
+        (t + ["--session-context", "-1"], "asr transcribe: error: argument --session-context: expected an integer "
+                                          ">= 0 (tokens of context; 0 or none = none), got -1", True),
+        (t + ["--decoder", "bsbs", "--session-context", "64"], "asr transcribe: error: session_context: "
+         "--session-context with --decoder bsbs needs --lm DIR (the context is the fusion LM's)", False),
+        (t + ["--decoder", "ctc", "--session-context", "64"], "asr transcribe: error: session_context: "
+         "--session-context works with the sar, bsbs and offline decoders; ctc has no label context to carry", False),
         (t + ["--cue-max-chars", "0"], "asr transcribe: error: argument --cue-max-chars: expected a positive integer",
          True),
         (["decode", "--data", f["nowhere"], "--out", f["dir"]],

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from asr.decode.base import BlockDecoder, Tokens
-from asr.decode.bsbs import aligned_tokens, joint_scorers
+from asr.decode.bsbs import aligned_tokens, joint_scorers, session_lm
 from asr.encoder.subsampling import RECEPTIVE_FIELD, STRIDE
-from asr.models.lm import TransformerLM
+from asr.models.lm import LMScorer, TransformerLM
 from asr.search import BeamSearch, BeamSearchConfig, ctc_prefix_beam_search
 from asr.search.scorer import Memory
 
@@ -17,11 +17,13 @@ __all__ = ["OfflineDecoder", "offline_decode"]
 
 @torch.no_grad()
 def offline_decode(model, feats: torch.Tensor, beam: int = 10, ctc_weight: float = 0.3,
-                   length_bonus: float = 0.0, lm: TransformerLM | None = None, lm_weight: float = 0.0) -> Tokens:
+                   length_bonus: float = 0.0, lm: TransformerLM | LMScorer | None = None,
+                   lm_weight: float = 0.0) -> Tokens:
     """feats (T, F) raw fbank of one segment -> tokens with CTC-aligned spike frames.
 
     Joint CTC/attention beam search (CTC prefix beam search when the model has no attention
-    decoder); ``lm`` with ``lm_weight > 0`` adds shallow fusion (attention-decoder models).
+    decoder); ``lm`` with ``lm_weight > 0`` adds shallow fusion (attention-decoder models); an
+    LM or a scorer (``SessionLM.scorer()``: the session's context).
     """
     if feats.shape[0] < RECEPTIVE_FIELD:
         return Tokens()
@@ -45,14 +47,18 @@ class OfflineDecoder(BlockDecoder):
     streaming CTC); at :meth:`finalize` the segment's frames ``0 .. n`` are re-encoded with full
     context from feature frames ``0 .. STRIDE * n + RECEPTIVE_FIELD - STRIDE``, and the features
     from ``STRIDE * n`` on start the next segment.
+
+    ``session_context``: the LM fusion of each segment starts from up to this many tokens of the
+    stream's earlier finals (as in :class:`~asr.decode.bsbs.BsbsDecoder`); None = each segment alone.
     """
 
     partials = False
 
     def __init__(self, model, beam: int = 10, ctc_weight: float = 0.3, length_bonus: float = 0.0,
-                 lm: TransformerLM | None = None, lm_weight: float = 0.0):
+                 lm: TransformerLM | None = None, lm_weight: float = 0.0, session_context: int | None = None):
         self.model = model
         self.search = dict(beam=beam, ctc_weight=ctc_weight, length_bonus=length_bonus, lm=lm, lm_weight=lm_weight)
+        self.session = session_lm(lm, lm_weight, session_context)
         self.feats: list[torch.Tensor] = []  # (t, F) each, from the segment's first feature frame on
         self.frames = 0  # encoder frames of the segment so far
 
@@ -72,7 +78,10 @@ class OfflineDecoder(BlockDecoder):
             return Tokens()
         feats = torch.cat(self.feats)
         n = self.frames
-        tokens = offline_decode(self.model, feats[: STRIDE * n + RECEPTIVE_FIELD - STRIDE], **self.search)
+        search = self.search if self.session is None else {**self.search, "lm": self.session.scorer()}
+        tokens = offline_decode(self.model, feats[: STRIDE * n + RECEPTIVE_FIELD - STRIDE], **search)
+        if self.session is not None and tokens.ids:
+            self.session.commit(tokens.ids)
         self.feats = [feats[STRIDE * n:]]
         self.frames = 0
         return tokens

@@ -6,6 +6,11 @@ the label of the last committed frame carried across the boundary so a spike spl
 emitted twice. Tokens whose spike lies in the last ``g`` frames of the window are tentative:
 shown in partial results, not committed to the LM context; the next block re-decodes those
 frames together with its own. ``g = 0`` is the naive baseline.
+
+Session context (``context_tokens = N``): a segment's label context starts from the last ``N``
+tokens of the stream's earlier finals instead of empty, as if they were committed in earlier
+blocks of the segment: the LM subnetwork reads ``<sos> c_1 .. c_N`` and the fusion attends to
+``s_0 .. s_N`` before the segment's own tokens. Memory stays bounded by ``N`` plus one segment.
 """
 
 from __future__ import annotations
@@ -28,21 +33,31 @@ class SarGreedyDecoder(BlockDecoder):
     """Args:
         sar: the model's :class:`SARDecoder`.
         tentative_frames: ``g``, frames at the end of each window whose tokens stay tentative.
+        context_tokens: label context carried from the stream's earlier finals (see the module
+            docstring); None or 0 = each segment starts from ``<sos>`` alone.
     """
 
-    def __init__(self, sar: SARDecoder, tentative_frames: int = 2):
+    def __init__(self, sar: SARDecoder, tentative_frames: int = 2, context_tokens: int | None = None):
         if tentative_frames < 0:
             raise ValueError(f"tentative_frames must be >= 0, got {tentative_frames}")
+        if context_tokens is not None and context_tokens < 0:
+            raise ValueError(f"context_tokens must be >= 0 or None, got {context_tokens}")
         self.sar = sar
         self.g = tentative_frames
+        self.context_tokens = context_tokens or 0
+        self.history: list[int] = []  # the last context_tokens tokens of the earlier finals
         self._start_segment()
 
     def _start_segment(self) -> None:
         sar = self.sar
         device = sar.out.weight.device
         self.caches = sar.lm.empty_caches(1, device)
-        h, self.caches = sar.lm.step(torch.tensor([SOS_EOS], device=device), self.caches)
-        self.lm_states = [h]  # s_0 .. s_n of the committed tokens, each (1, Dl)
+        if self.history:  # <sos> and the carried tokens in one pass: s_0 .. s_N
+            h, self.caches = sar.lm.extend(torch.tensor([[SOS_EOS, *self.history]], device=device), self.caches)
+            h = h[0]
+        else:
+            h, self.caches = sar.lm.step(torch.tensor([SOS_EOS], device=device), self.caches)
+        self.lm_states = [h]  # s_0 .. s_n of the context and the committed tokens, (k, Dl) each
         self.committed = Tokens()
         self.tentative = Tokens()
         self.carry_enc = None  # (g', D) encoder frames re-decoded with the next block
@@ -94,6 +109,8 @@ class SarGreedyDecoder(BlockDecoder):
             window = self.carry_enc
             self._commit(window, fuse_windows(self.sar, [window], [torch.cat(self.lm_states)])[0], final=True)
         tokens = self.committed
+        if self.context_tokens:
+            self.history = (self.history + tokens.ids)[-self.context_tokens:]
         self._start_segment()
         return tokens
 

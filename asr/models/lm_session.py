@@ -44,6 +44,15 @@ class SessionContextConfig:
     sink_pages: int = 1
     recent_pages: int = 2
 
+    @classmethod
+    def for_tokens(cls, max_tokens: int) -> "SessionContextConfig":
+        """The config of ``--session-context max_tokens``: pages of 16 tokens, smaller for small
+        budgets (at least 4 pages: a sink, two recent, one to evict), so that the kept context
+        is about ``max_tokens`` (at most ``max_tokens`` full-page tokens plus the open page)."""
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        return cls(max_tokens=max_tokens, page_size=max(1, min(16, max_tokens // 4)))
+
     def paged(self) -> PagedCacheConfig:
         budget = None if self.max_tokens is None else max(self.max_tokens // self.page_size,
                                                           self.sink_pages + self.recent_pages + 1)

@@ -142,7 +142,8 @@ def write_results(out: Path, decoded, cfg, loaded, data: str, extra: dict | None
         "latency_ms_p50": round(_percentile(latencies, 0.5), 1), "latency_ms_p90": round(_percentile(latencies, 0.9), 1),
         "decoder": cfg.decoder, "block_ms": "full" if cfg.block_ms is None else cfg.block_ms,
         "left_blocks": cfg.left_blocks, "beam": cfg.beam, "ctc_weight": cfg.ctc_weight, "lm": cfg.lm,
-        "lm_weight": cfg.lm_weight, "tentative_frames": cfg.tentative_frames, "threads": torch.get_num_threads(),
+        "lm_weight": cfg.lm_weight, "session_context": cfg.session_context, "tentative_frames": cfg.tentative_frames,
+        "threads": torch.get_num_threads(),
         "model": str(loaded.path), "data": data, **(extra or {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
