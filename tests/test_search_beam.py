@@ -264,19 +264,19 @@ def test_bsbs_ctc_trigger_keeps_the_beam_behind_the_ctc_spikes():
     assert finals == [truth, truth]
 
 
-def test_bsbs_repetition_window_limits_what_counts_as_a_repeat():
-    """A token that recurs after more than ``repetition_window`` others is not a repeat."""
-    truth = [3, 5, 4, 6, 3]  # 3 recurs four tokens later
+def test_bsbs_ctc_trigger_tests_repetitions_only_at_the_acoustic_frontier():
+    """The paper's rule stops at a token that recurs; with ctc_trigger a repeat well behind greedy
+    CTC's token count is taken as real, and the beam runs on up to that count."""
+    truth = [3, 5, 3, 4, 6, 1]  # 3 recurs at the third token, far behind the 6 CTC spikes
     ctc_logp = _peaky(truth, 3, 7, seed=0)
     scorers = {"ctc": CTCPrefixScorer()}
     lengths = {}
-    for window in (None, 3):
-        bsbs = BlockwiseBeamSearch(scorers, {"ctc": 1.0}, BsbsConfig(beam_size=1, backoff=False,
-                                                                      repetition_window=window))
+    for trigger in (False, True):
+        bsbs = BlockwiseBeamSearch(scorers, {"ctc": 1.0}, BsbsConfig(beam_size=1, backoff=False, ctc_trigger=trigger))
         bsbs.extend_block(ctc_logp=ctc_logp)  # one block holding all of it
-        lengths[window] = len(bsbs.best().tokens)
+        lengths[trigger] = len(bsbs.best().tokens)
         assert bsbs.finalize()[0].tokens == truth
-    assert lengths == {None: 4, 3: 5}  # the whole-history test stops before the second 3
+    assert lengths == {False: 2, True: 6}
 
 
 def test_max_length_forces_eos_even_outside_the_pre_beam():

@@ -60,12 +60,12 @@ class BsbsDecoder(BlockDecoder):
 
     def __init__(self, model, beam: int = 10, ctc_weight: float = 0.3, length_bonus: float = 0.0,
                  lm: TransformerLM | None = None, lm_weight: float = 0.0, repetition_test: bool = True,
-                 backoff: bool = True, repetition_window: int | None = None, ctc_trigger: bool = False,
+                 backoff: bool = True, ctc_trigger: bool = True,
                  session_context: int | None = None):
         self.session = session_lm(lm, lm_weight, session_context)
         self.scorers, self.weights = joint_scorers(model, ctc_weight, lm, lm_weight, length_bonus)
         self.search_cfg = BsbsConfig(beam_size=beam, nbest=1, repetition_test=repetition_test, backoff=backoff,
-                                     repetition_window=repetition_window, ctc_trigger=ctc_trigger)
+                                     ctc_trigger=ctc_trigger)
         self._start_segment()
 
     def _start_segment(self) -> None:
