@@ -188,9 +188,13 @@ class ContextualBlockEncoder(ConformerEncoder):
         blocks, or the stream's last frames at ``final``)."""
         size = y.shape[1] if state.block_size is None else state.block_size
         c = _block_means(y, None, size)  # (B, n, D): offset is a block boundary
+        kv0 = state.kv[0]  # every layer's cache covers the same positions
+        mask = contextual_block_mask_range(state.offset, y.shape[1], kv0.start, kv0.length + y.shape[1],
+                                           state.block_size, state.left_blocks, y.device)
+        mask = None if bool(mask.all()) else mask
         kv_out, conv_out, ctx_out = [], [], []
         for i, layer in enumerate(self.layers):
-            y, c_out, kv, conv = self._layer_step(layer, y, c, state.kv[i], state.conv[i], state)
+            y, c_out, kv, conv = self._layer_step(layer, y, c, state.kv[i], state.conv[i], mask)
             kv_out.append(kv)
             conv_out.append(conv)
             if i + 1 < len(self.layers):
@@ -202,10 +206,11 @@ class ContextualBlockEncoder(ConformerEncoder):
 
     def _layer_step(
         self, layer: ConformerLayer, y: torch.Tensor, c: torch.Tensor, kv: KVCache, conv: torch.Tensor,
-        state: ContextualState,
+        mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, KVCache, torch.Tensor]:
         """:meth:`_layer_forward` for new frames y (B, t, D) and their blocks' context inputs c (B, n, D)
-        against the layer's KV and conv caches -> (frames, context outputs, new KV cache, new conv cache)."""
+        against the layer's KV and conv caches, with the :func:`contextual_block_mask_range` of
+        those (None = all) -> (frames, context outputs, new KV cache, new conv cache)."""
         t = y.shape[1]
         attn = layer.attn
         z = torch.cat([y, c], dim=1)
@@ -214,9 +219,6 @@ class ContextualBlockEncoder(ConformerEncoder):
         q, k, v = attn.project_self(h[:, :t], kv.end)
         qc, kc, vc = attn.project_self(h[:, t:], 0)
         k_all, v_all = torch.cat([kv.k, k], dim=2), torch.cat([kv.v, v], dim=2)
-        mask = contextual_block_mask_range(state.offset, t, kv.start, kv.length + t, state.block_size,
-                                           state.left_blocks, y.device)
-        mask = None if bool(mask.all()) else mask
         a = attn.merge_heads(_attend(attn, q, k_all, v_all, qc, kc, vc, kv.end, kv.start, mask))
         z = z + layer.dropout(a)
         c_frames, conv = layer.conv.step(z[:, :t], conv)
