@@ -125,8 +125,7 @@ class ContextualBlockEncoder(ConformerEncoder):
         t = y.shape[1]
         z = torch.cat([y, c], dim=1)  # (B, T + NB, D): pointwise modules see both kinds of token
         z = z + 0.5 * layer.ff1(z)
-        h = layer.norm_attn(z)
-        z = z + layer.dropout(self._attention_forward(layer.attn, h[:, :t], h[:, t:], valid, block_valid,
+        z = z + layer.dropout(self._attention_forward(layer.attn, layer.norm_attn(z), t, valid, block_valid,
                                                       block_size, left_blocks))
         frames = z[:, :t] + layer.conv(z[:, :t], valid)  # the context embeddings skip the convolution
         z = torch.cat([frames, z[:, t:]], dim=1)
@@ -136,22 +135,24 @@ class ContextualBlockEncoder(ConformerEncoder):
     def _attention_forward(
         self,
         attn: MultiHeadAttention,
-        hf: torch.Tensor,
-        hc: torch.Tensor,
+        h: torch.Tensor,
+        t: int,
         valid: torch.Tensor,
         block_valid: torch.Tensor,
         block_size: int | None,
         left_blocks: int | None,
     ) -> torch.Tensor:
-        """Self-attention of frames hf (B, T, D) and context embeddings hc (B, NB, D) -> (B, T + NB, D).
+        """Self-attention of frames ``h[:, :t]`` (B, T, D) and context embeddings ``h[:, t:]`` (B, NB, D)
+        -> (B, T + NB, D).
 
         Queries run ``query_chunk`` frames (whole blocks) at a time, with their blocks' context
         embeddings, against only the frames those blocks may see (memory O(T) with bounded left
         context, as :meth:`MultiHeadAttention.forward_blockwise`).
         """
-        t = hf.shape[1]
-        q, k, v = attn.project_self(hf, 0)  # (B, H, T, dh); no rotation: pos is "rel" or "none"
-        qc, kc, vc = attn.project_self(hc, 0)  # (B, H, NB, dh)
+        q, k, v = attn.project_self(h, 0)  # (B, H, T + NB, dh); pos "rel"/"none": no rotation
+        q, qc = q[:, :, :t], q[:, :, t:]
+        k, kc = k[:, :, :t], k[:, :, t:]
+        v, vc = v[:, :, :t], v[:, :, t:]
         step = t if block_size is None else max(1, self.cfg.query_chunk // block_size) * block_size
         frames, ctx = [], []
         for q0 in range(0, t, step):
@@ -161,7 +162,7 @@ class ContextualBlockEncoder(ConformerEncoder):
                 k1, b0, b1 = q1, q0 // block_size, -(-q1 // block_size)
                 if left_blocks is not None:
                     k0 = max(0, (b0 - left_blocks) * block_size)
-            mask = contextual_block_mask_range(q0, q1 - q0, k0, k1 - k0, block_size, left_blocks, hf.device)
+            mask = contextual_block_mask_range(q0, q1 - q0, k0, k1 - k0, block_size, left_blocks, h.device)
             mask = combine_with_padding(mask, torch.cat([valid[:, q0:q1], block_valid[:, b0:b1]], dim=1),
                                         torch.cat([valid[:, k0:k1], block_valid[:, b0:b1]], dim=1))
             out = _attend(attn, q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], qc[:, :, b0:b1], kc[:, :, b0:b1],
@@ -215,16 +216,17 @@ class ContextualBlockEncoder(ConformerEncoder):
         attn = layer.attn
         z = torch.cat([y, c], dim=1)
         z = z + 0.5 * layer.ff1(z)
-        h = layer.norm_attn(z)
-        q, k, v = attn.project_self(h[:, :t], kv.end)
-        qc, kc, vc = attn.project_self(h[:, t:], 0)
-        k_all, v_all = torch.cat([kv.k, k], dim=2), torch.cat([kv.v, v], dim=2)
-        a = attn.merge_heads(_attend(attn, q, k_all, v_all, qc, kc, vc, kv.end, kv.start, mask))
-        z = z + layer.dropout(a)
+        # frames and context embeddings projected together (no rotation: pos is "rel" or "none")
+        q, k, v = attn.project_self(layer.norm_attn(z), kv.end)  # (B, H, t + n, dh)
+        k_all, v_all = torch.cat([kv.k, k], dim=2), torch.cat([kv.v, v], dim=2)  # cache, frames, contexts
+        a = attn.attend(q, k_all, v_all, q_start=kv.end, k_start=kv.start, mask=mask,
+                        positioned=(t, kv.length + t))
+        z = z + layer.dropout(attn.merge_heads(a))
         c_frames, conv = layer.conv.step(z[:, :t], conv)
         z = torch.cat([z[:, :t] + c_frames, z[:, t:]], dim=1)
         z = layer.norm_out(z + 0.5 * layer.ff2(z))
-        return z[:, :t], z[:, t:], KVCache(k_all, v_all, kv.start, kv.max_len).trimmed(), conv
+        s = kv.length + t  # the frames' keys are cached, the context embeddings' are not
+        return z[:, :t], z[:, t:], KVCache(k_all[:, :, :s], v_all[:, :, :s], kv.start, kv.max_len).trimmed(), conv
 
     # ---------------------------------------------------------------- step_batch hooks
     def _group_key(self, y: torch.Tensor, s: ContextualState) -> tuple:
