@@ -3,6 +3,7 @@ trains, every streaming decoder runs it through the Recognizer, and `asr train` 
 version of egs/default/conf/contextual.yaml."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,10 @@ def test_asr_train_runs_a_tiny_contextual_yaml(tts_corpus, tmp_path):
     assert isinstance(loaded.model.encoder, ContextualBlockEncoder)
     assert to_dict(loaded.config.model.encoder)["kind"] == "contextual_block"
     assert (exp / "valid.csv").read_text().count("\n") >= 2
+    for decoder in ("sar", "bsbs"):  # `asr decode` scores it like any model (WER, RTF, latency)
+        out = tmp_path / f"decode-{decoder}"
+        assert asr_main(["decode", "--model", str(tmp_path / "model"), "--data", str(tts_corpus / "all.jsonl"),
+                         "--decoder", decoder, "--block-ms", "320", "--max-utts", "2", "--out", str(out),
+                         "--quiet", "--beam", "2"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["utterances"] == 2 and "wer" in summary
