@@ -1,7 +1,7 @@
 """Contextual block conformer vs the plain block encoder: streaming step cost, offline RTF, training step.
 
     python benchmarks/contextual_encoder.py                     # CPU, 1 thread: presets small and default
-    python benchmarks/contextual_encoder.py --models models/default exp/contextual/model   # trained dirs too
+    python benchmarks/contextual_encoder.py --presets --models DIR1 DIR2 --tag trained   # model dirs only
     python benchmarks/contextual_encoder.py --device cuda       # the same on a GPU (results/..._cuda.*)
 
 Both kinds of each preset share their weights (the contextual encoder has the plain one's
@@ -159,6 +159,7 @@ def main() -> None:
     p.add_argument("--presets", nargs="*", default=["small", "default"], choices=sorted(PRESETS))
     p.add_argument("--models", nargs="*", default=[], help="model directories to time as well")
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--tag", default="", help="results/contextual_encoder_<device>_<tag>.* (keeps the default files)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
@@ -182,7 +183,7 @@ def main() -> None:
     result = {"device": args.device, "threads": args.threads, "started": started, "loadavg_end": load,
               "block": BLOCK, "left_blocks": LEFT, "reps": args.reps, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"contextual_encoder_{'cuda' if args.device.startswith('cuda') else 'cpu'}"
+    stem = RESULTS / f"contextual_encoder_{'cuda' if args.device.startswith('cuda') else 'cpu'}{'_' + args.tag if args.tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     stem.with_suffix(".md").write_text(_markdown(result))
     print(f"wrote {stem}.md/.json")
