@@ -183,7 +183,8 @@ def main() -> None:
     result = {"device": args.device, "threads": args.threads, "started": started, "loadavg_end": load,
               "block": BLOCK, "left_blocks": LEFT, "reps": args.reps, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"contextual_encoder_{'cuda' if args.device.startswith('cuda') else 'cpu'}{'_' + args.tag if args.tag else ''}"
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    stem = RESULTS / f"contextual_encoder_{device}{'_' + args.tag if args.tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     stem.with_suffix(".md").write_text(_markdown(result))
     print(f"wrote {stem}.md/.json")
