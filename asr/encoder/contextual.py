@@ -8,7 +8,9 @@ carries one extra token, its context embedding, through the conformer layers.
 * Layer ``l + 1``: the context input of block ``b`` is layer ``l``'s output at the context
   position of block ``b - 1`` (block 0 keeps its own). Information so travels across blocks
   through the context embeddings (one block further per layer), on top of the left-context KV
-  cache that the plain block encoder has.
+  cache that the plain block encoder has. (ESPnet's contextual block encoders keep two positions
+  per block, the handed-over context and the block's own summary stream; here one token is both:
+  its input is the handed-over context, its output the block's summary handed on.)
 * Attention: a block's frames attend their block-causal frames (own block + ``left_blocks``
   earlier ones, as in the plain encoder) and their block's context embedding; the context
   embedding attends the same frames and itself (:func:`~asr.attention.contextual_block_mask_range`).
