@@ -15,6 +15,7 @@ __all__ = [
     "causal_mask",
     "block_causal_mask",
     "block_causal_mask_range",
+    "contextual_block_mask_range",
     "sliding_window_mask",
     "strided_block_sparse_mask",
     "combine_with_padding",
@@ -102,6 +103,64 @@ def block_causal_mask_range(
             raise ValueError(f"left_blocks must be >= 0 or None, got {left_blocks}")
         allowed = allowed & (diff <= left_blocks)
     return allowed
+
+
+def contextual_block_mask_range(
+    q_start: int,
+    q_len: int,
+    k_start: int,
+    k_len: int,
+    block_size: int | None,
+    left_blocks: int | None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """:func:`block_causal_mask_range` with one context embedding per block (contextual block processing).
+
+    Queries are the frames ``q_start .. q_start + q_len - 1`` followed by the context embeddings
+    of the ``n`` blocks those frames touch (``block(q_start) .. block(q_start + q_len - 1)``);
+    keys are the frames ``k_start .. k_start + k_len - 1`` followed by the same ``n`` context
+    embeddings. A frame attends the frames :func:`block_causal_mask_range` allows plus its own
+    block's context embedding; a context embedding attends the frames its block's frames may
+    attend, plus itself (never another block's context embedding). ``block_size=None``: one block.
+
+    Returns:
+        (q_len + n, k_len + n) bool.
+
+    Example (frames 2..3 against keys 0..3, blocks of 2, one block of left context; the last
+    row and column are the context embedding of block 1)::
+
+        >>> contextual_block_mask_range(2, 2, 0, 4, 2, 1).int()
+        tensor([[1, 1, 1, 1, 1],
+                [1, 1, 1, 1, 1],
+                [1, 1, 1, 1, 1]], dtype=torch.int32)
+        >>> contextual_block_mask_range(0, 4, 0, 4, 2, 0).int()
+        tensor([[1, 1, 0, 0, 1, 0],
+                [1, 1, 0, 0, 1, 0],
+                [0, 0, 1, 1, 0, 1],
+                [0, 0, 1, 1, 0, 1],
+                [1, 1, 0, 0, 1, 0],
+                [0, 0, 1, 1, 0, 1]], dtype=torch.int32)
+    """
+    if q_len < 1:
+        raise ValueError(f"contextual_block_mask_range needs q_len >= 1, got {q_len}")
+    if block_size is None:
+        qb = torch.zeros(q_len, dtype=torch.long, device=device)
+        kb = torch.zeros(k_len, dtype=torch.long, device=device)
+    else:
+        if block_size < 1:
+            raise ValueError(f"block_size must be a positive int or None, got {block_size}")
+        qb = torch.div(torch.arange(q_start, q_start + q_len, device=device), block_size, rounding_mode="floor")
+        kb = torch.div(torch.arange(k_start, k_start + k_len, device=device), block_size, rounding_mode="floor")
+    ctx = torch.arange(int(qb[0]), int(qb[-1]) + 1, device=device)  # (n,) blocks of the context embeddings
+    q_blocks = torch.cat([qb, ctx])
+    diff = q_blocks[:, None] - kb[None, :]  # (q_len + n, k_len) blocks back from the query
+    to_frames = diff >= 0
+    if left_blocks is not None:
+        if left_blocks < 0:
+            raise ValueError(f"left_blocks must be >= 0 or None, got {left_blocks}")
+        to_frames = to_frames & (diff <= left_blocks)
+    to_ctx = q_blocks[:, None] == ctx[None, :]  # (q_len + n, n) own block's context embedding
+    return torch.cat([to_frames, to_ctx], dim=1)
 
 
 def block_causal_mask(

@@ -163,6 +163,7 @@ class MultiHeadAttention(nn.Module):
         q_start: int = 0,
         k_start: int = 0,
         mask: torch.Tensor | None = None,
+        positioned: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Scaled dot-product attention of projected heads.
 
@@ -171,13 +172,24 @@ class MultiHeadAttention(nn.Module):
             q_start, k_start: absolute positions of the first query / key (relative positions).
             mask: bool, True = may attend, broadcastable to (B, H, T_q, T_k); every row must
                 allow at least one key.
+            positioned: ``(n_q, n_k)``: only the first ``n_q`` queries and ``n_k`` keys have
+                positions (``q_start ..``, ``k_start ..``); the pairs that involve the others
+                (position-less tokens appended after them, such as the context embeddings of
+                :mod:`asr.encoder.contextual`) get no relative-position term with ``pos="rel"``.
+                None = every query and key has a position.
 
         Returns:
             (B, H, T_q, dh).
         """
         attn_mask = mask
         if self.pos == "rel":
-            bias = self._rel_scores(q, k.shape[-2], q_start, k_start) / math.sqrt(self.head_dim)
+            if positioned is None:
+                bias = self._rel_scores(q, k.shape[-2], q_start, k_start)
+            else:
+                n_q, n_k = positioned
+                bias = self._rel_scores(q[:, :, :n_q], n_k, q_start, k_start)  # (B, H, n_q, n_k)
+                bias = F.pad(bias, (0, k.shape[-2] - n_k, 0, q.shape[-2] - n_q))
+            bias = bias / math.sqrt(self.head_dim)
             if mask is not None:
                 bias = bias.masked_fill(~mask, float("-inf"))
             q, attn_mask = q + self.pos_bias_u[:, None, :], bias

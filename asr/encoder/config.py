@@ -45,6 +45,11 @@ class EncoderConfig:
     """Conformer encoder hyper-parameters.
 
     Attributes:
+        kind: ``"conformer"`` (:class:`~asr.encoder.conformer.ConformerEncoder`, block-causal
+            attention with a left-context KV cache) or ``"contextual_block"``
+            (:class:`~asr.encoder.contextual.ContextualBlockEncoder`: the same layers plus one
+            context embedding per block handed to the next block, Tsunoo et al. 2019). The
+            contextual encoder takes ``pos`` ``"rel"`` or ``"none"``, ``kernel`` ``"sdpa"`` and no ``bpt``.
         input_dim: feature dimension (80 log-mel bins).
         d_model: model width D.
         n_heads: attention heads.
@@ -66,6 +71,7 @@ class EncoderConfig:
             apply to a BPT ``forward``; streaming ``step`` is unaffected.
     """
 
+    kind: Literal["conformer", "contextual_block"] = "conformer"
     input_dim: int = 80
     d_model: int = 256
     n_heads: int = 4
@@ -83,6 +89,17 @@ class EncoderConfig:
     bpt: BPTConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.kind not in ("conformer", "contextual_block"):
+            raise ValueError(f"EncoderConfig: kind must be 'conformer' or 'contextual_block', got {self.kind!r}")
+        if self.kind == "contextual_block":
+            # the context embedding has no position: rotary keys carry absolute rotations that a
+            # position-less query could not read relatively (see asr/encoder/contextual.py)
+            if self.pos not in ("rel", "none"):
+                raise ValueError(f"EncoderConfig: kind 'contextual_block' takes pos 'rel' or 'none', got {self.pos!r}")
+            if self.bpt is not None:
+                raise ValueError("EncoderConfig: bpt applies to kind 'conformer' only, not 'contextual_block'")
+            if self.kernel != "sdpa":
+                raise ValueError(f"EncoderConfig: kind 'contextual_block' takes kernel 'sdpa', got {self.kernel!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"EncoderConfig: d_model={self.d_model} not divisible by n_heads={self.n_heads}")
         if self.input_dim < 7:

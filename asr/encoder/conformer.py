@@ -215,31 +215,41 @@ class ConformerEncoder(nn.Module):
             if y.shape[1] == 0 or y.shape[0] != 1:
                 out[i] = (y, s) if y.shape[1] == 0 else self._layers(y, s)
                 continue
-            kv0 = s.kv[0]
-            phase = s.offset % s.block_size if s.block_size else s.offset
-            key = (y.shape[1], s.block_size, s.left_blocks, kv0.length, s.offset - kv0.start, phase)
-            groups.setdefault(key, []).append(i)
+            groups.setdefault(self._group_key(y, s), []).append(i)
         for members in groups.values():
             if len(members) == 1:
                 i = members[0]
                 out[i] = self._layers(*fronts[i])
                 continue
-            first = fronts[members[0]][1]
-            batched = dataclasses.replace(
-                first,
-                kv=tuple(KVCache(torch.cat([fronts[i][1].kv[l].k for i in members]),
-                                 torch.cat([fronts[i][1].kv[l].v for i in members]), kv.start, kv.max_len)
-                         for l, kv in enumerate(first.kv)),
-                conv=tuple(torch.cat([fronts[i][1].conv[l] for i in members]) for l in range(len(first.conv))),
-            )
+            batched = self._stack_states([fronts[i][1] for i in members])
             y, new = self._layers(torch.cat([fronts[i][0] for i in members]), batched)
             for row, i in enumerate(members):
-                s = fronts[i][1]
-                kv = tuple(KVCache(n.k[row:row + 1], n.v[row:row + 1], old.start + n.start - b.start, n.max_len)
-                           for n, old, b in zip(new.kv, s.kv, batched.kv))
-                conv = tuple(c[row:row + 1] for c in new.conv)
-                out[i] = (y[row:row + 1], dataclasses.replace(s, kv=kv, conv=conv, offset=new.offset - first.offset + s.offset))
+                out[i] = (y[row:row + 1], self._row_state(new, batched, row, fronts[i][1]))
         return out  # type: ignore[return-value]
+
+    def _group_key(self, y: torch.Tensor, s: EncoderState) -> tuple:
+        """Streams with equal keys can share one batched :meth:`_layers` call (see :meth:`step_batch`)."""
+        kv0 = s.kv[0]
+        phase = s.offset % s.block_size if s.block_size else s.offset
+        return (y.shape[1], s.block_size, s.left_blocks, kv0.length, s.offset - kv0.start, phase)
+
+    def _stack_states(self, states: list[EncoderState]) -> EncoderState:
+        """Batch-1 states of one :meth:`_group_key` group -> one batched state (positions of the first)."""
+        first = states[0]
+        return dataclasses.replace(
+            first,
+            kv=tuple(KVCache(torch.cat([s.kv[l].k for s in states]), torch.cat([s.kv[l].v for s in states]),
+                             kv.start, kv.max_len)
+                     for l, kv in enumerate(first.kv)),
+            conv=tuple(torch.cat([s.conv[l] for s in states]) for l in range(len(first.conv))),
+        )
+
+    def _row_state(self, new: EncoderState, batched: EncoderState, row: int, s: EncoderState) -> EncoderState:
+        """Row ``row`` of the batched result ``new`` as the next state of the stream whose state was ``s``."""
+        kv = tuple(KVCache(n.k[row:row + 1], n.v[row:row + 1], old.start + n.start - b.start, n.max_len)
+                   for n, old, b in zip(new.kv, s.kv, batched.kv))
+        conv = tuple(c[row:row + 1] for c in new.conv)
+        return dataclasses.replace(s, kv=kv, conv=conv, offset=new.offset - batched.offset + s.offset)
 
     def _front(self, x: torch.Tensor, state: EncoderState, final: bool) -> tuple[torch.Tensor, EncoderState]:
         """Subsampling: the frames of the blocks that became complete, and the state holding the rest."""

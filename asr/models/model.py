@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asr.encoder import ConformerEncoder
+from asr.encoder import build_encoder
 from asr.features import GlobalCMVN
 from asr.models.config import ModelConfig
 from asr.models.decoder import AttentionDecoder
@@ -32,7 +32,7 @@ class AsrModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.cmvn = GlobalCMVN.identity(cfg.encoder.input_dim)
-        self.encoder = ConformerEncoder(cfg.encoder)
+        self.encoder = build_encoder(cfg.encoder)  # encoder.kind: plain or contextual block
         d = self.encoder.output_dim
         self.ctc = nn.Linear(d, cfg.vocab_size)
         self.decoder = AttentionDecoder(cfg.vocab_size, d, cfg.decoder) if cfg.decoder else None
