@@ -36,5 +36,5 @@ if [ "$train" -gt 30 ]; then
   ./run.sh --stage 2 --stop-stage 2 --model "$model" --train-seconds "$train" "${init[@]}" || echo "training failed"
 fi
 echo "trained: $(left) s left"
-./run.sh --stage 3 --stop-stage 3 --model "$model" --average-num 3 || echo "export failed"
+./run.sh --stage 3 --stop-stage 3 --model "$model" --average-num 5 || echo "export failed"
 echo "lease done: $(left) s left"
