@@ -92,11 +92,21 @@ def block_causal_mask_range(
     """
     if block_size is None:
         return torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    diff = _block_ids(q_start, q_len, block_size, device)[:, None] - _block_ids(k_start, k_len, block_size, device)
+    return _within_left(diff, left_blocks)  # diff: (q_len, k_len) blocks back from the query
+
+
+def _block_ids(start: int, n: int, block_size: int | None, device) -> torch.Tensor:
+    """(n,) block index of positions ``start .. start + n - 1`` (all 0 for ``block_size=None``)."""
+    if block_size is None:
+        return torch.zeros(n, dtype=torch.long, device=device)
     if block_size < 1:
         raise ValueError(f"block_size must be a positive int or None, got {block_size}")
-    qb = torch.div(torch.arange(q_start, q_start + q_len, device=device), block_size, rounding_mode="floor")
-    kb = torch.div(torch.arange(k_start, k_start + k_len, device=device), block_size, rounding_mode="floor")
-    diff = qb[:, None] - kb[None, :]  # (q_len, k_len) blocks back from the query
+    return torch.div(torch.arange(start, start + n, device=device), block_size, rounding_mode="floor")
+
+
+def _within_left(diff: torch.Tensor, left_blocks: int | None) -> torch.Tensor:
+    """``0 <= diff <= left_blocks`` for blocks back from the query (no upper bound for None)."""
     allowed = diff >= 0
     if left_blocks is not None:
         if left_blocks < 0:
@@ -143,22 +153,10 @@ def contextual_block_mask_range(
     """
     if q_len < 1:
         raise ValueError(f"contextual_block_mask_range needs q_len >= 1, got {q_len}")
-    if block_size is None:
-        qb = torch.zeros(q_len, dtype=torch.long, device=device)
-        kb = torch.zeros(k_len, dtype=torch.long, device=device)
-    else:
-        if block_size < 1:
-            raise ValueError(f"block_size must be a positive int or None, got {block_size}")
-        qb = torch.div(torch.arange(q_start, q_start + q_len, device=device), block_size, rounding_mode="floor")
-        kb = torch.div(torch.arange(k_start, k_start + k_len, device=device), block_size, rounding_mode="floor")
+    qb, kb = _block_ids(q_start, q_len, block_size, device), _block_ids(k_start, k_len, block_size, device)
     ctx = torch.arange(int(qb[0]), int(qb[-1]) + 1, device=device)  # (n,) blocks of the context embeddings
     q_blocks = torch.cat([qb, ctx])
-    diff = q_blocks[:, None] - kb[None, :]  # (q_len + n, k_len) blocks back from the query
-    to_frames = diff >= 0
-    if left_blocks is not None:
-        if left_blocks < 0:
-            raise ValueError(f"left_blocks must be >= 0 or None, got {left_blocks}")
-        to_frames = to_frames & (diff <= left_blocks)
+    to_frames = _within_left(q_blocks[:, None] - kb[None, :], left_blocks)  # (q_len + n, k_len)
     to_ctx = q_blocks[:, None] == ctx[None, :]  # (q_len + n, n) own block's context embedding
     return torch.cat([to_frames, to_ctx], dim=1)
 
