@@ -9,6 +9,7 @@
 #   bash egs/default/device.sh start END_S [W]  carry: the last parts         unpack; start the run in the
 #                                               background (it ends END_S seconds from now), follow it W s
 #   bash egs/default/device.sh wait W           follow the run for up to W seconds
+#   bash egs/default/device.sh fetch M          exp/M/model (a run beside the main one, lease.sh ALSO)
 #
 # The parts come from local/make_carry.py (corpora, prompts, RIRs in .carry/p<k>). To save 35 MB
 # per call, the starting weights travel once, in .carry/m/model.pt (moved out of models/default for
@@ -38,6 +39,7 @@ unpack() {
     for f in .tts/*.deb; do dpkg -x "$f" /tmp/tts; done
     printf '#!/bin/sh\nexec /tmp/tts/usr/bin/espeak-ng --path=/tmp/tts/usr/lib/x86_64-linux-gnu "$@"\n' > /tmp/tts/bin/espeak-ng
     ln -sf /tmp/tts/usr/bin/flite /tmp/tts/bin/flite
+    ln -sf libsndfile.so.1 $L/libsndfile.so  # soundfile's py3-none-any wheel dlopens the unversioned name
     chmod +x /tmp/tts/bin/espeak-ng
   fi
   if [ -d .whl ] && [ ! -f /tmp/site/.done ]; then
@@ -72,7 +74,14 @@ report() {  # what the run has so far, into $OUT
       $exp/curves.png $exp/sessions.jsonl $exp/model/config.yaml $exp/model/tokenizer.model \
       $data/manifests/valid.jsonl $lease/gpu.csv benchmarks/results/train_step_cuda.* 2>/dev/null
   fi
-  ls -la "$out"
+  for d in egs/default/exp/*/; do  # runs beside the main one (lease.sh ALSO)
+    local m; m=$(basename "$d")
+    [ "$m" = "$model" ] && continue
+    mkdir -p "$out/$m"
+    for f in train.csv valid.csv sessions.jsonl; do cp "$d/$f" "$out/$m/" 2>/dev/null; done
+    cp $lease/$m.log "$out/$m/" 2>/dev/null
+  done
+  ls -la "$out" "$out"/*/ 2>/dev/null
 }
 
 follow() {  # follow the log for up to $1 seconds, or until the run is done
@@ -104,6 +113,10 @@ case "${1:-}" in
     follow "${3:-0}" ;;
   wait)
     follow "${2:?SECONDS}" ;;
+  fetch)  # a model directory trained beside the main run, model.pt in parts under 16 MB
+    d=egs/default/exp/${2:?MODEL}/model
+    mkdir -p "$out/$2" && cp "$d/config.yaml" "$d/tokenizer.model" "$out/$2/" \
+      && split -b 15000000 -d "$d/model.pt" "$out/$2/model.pt.part-" && ls -la "$out/$2" ;;
   *)
     sed -n 2,20p "$0"; exit 2 ;;
 esac
