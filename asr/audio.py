@@ -83,8 +83,8 @@ def load_audio(path: str | Path, start: float | None = None, end: float | None =
         (num_samples,) float32 tensor in [-1, 1].
 
     Raises:
-        AudioError: the file is missing, not audio soundfile can read, truncated, or the segment
-            lies outside the file.
+        AudioError: the file is missing, not audio soundfile can read, truncated, has NaN/inf
+            samples, or the segment lies outside the file.
     """
     path = Path(path)
     try:
@@ -104,6 +104,8 @@ def load_audio(path: str | Path, start: float | None = None, end: float | None =
         raise AudioError(_describe(path, e)) from None
     if data.shape[0] < last - first:
         raise AudioError(f"{path}: truncated: read {data.shape[0]} of {last - first} samples")
+    if not np.isfinite(data).all():  # NaN/inf must never reach the model
+        raise AudioError(f"{path}: {int((~np.isfinite(data)).sum())} non-finite samples (NaN or inf)")
     mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     return resample(mono, sr).contiguous()
 

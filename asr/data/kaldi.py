@@ -113,7 +113,8 @@ def read_kaldi_dir(data_dir: str | Path, workers: int = 4, progress: bool = True
         else:
             dur = durations[reco] if start is None else min(end, durations[reco]) - start
             if dur <= 0:
-                report.errors.append((utt, f"empty segment {start}..{end} in {recordings[reco]}"))
+                what = "0 s long" if start is None else f"empty segment {start}..{end}"
+                report.errors.append((utt, f"{what}: {recordings[reco]}"))
                 continue
             report.rows.append({
                 "id": utt, "audio": str(recordings[reco]), "text": " ".join(texts[utt].split()),

@@ -4,25 +4,44 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import sys
 from pathlib import Path
 
 import torch
 
-__all__ = ["save_atomic", "list_checkpoints", "latest_checkpoint", "average_checkpoints", "prune"]
+__all__ = ["save_atomic", "list_checkpoints", "latest_checkpoint", "load_latest_good", "average_checkpoints",
+           "prune"]
 
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
+# Test hook (tests/test_train_crash.py): when this variable names the file being saved
+# (e.g. "checkpoint-6.pt"), save_atomic leaves half of the temp file written and SIGKILLs its own
+# process, the deterministic stand-in for a kill during a checkpoint write.
+KILL_DURING_SAVE_ENV = "BLOCKASR_TEST_KILL_DURING_SAVE"
+
+
 def save_atomic(obj: dict, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename: a kill never leaves a
-    half-written checkpoint under the final name."""
+    """torch.save to a temp file in the same folder, fsync, then os.replace (and fsync the folder):
+    a kill never leaves a half-written checkpoint under the final name, only a ``.tmp`` file that
+    :func:`load_latest_good` removes."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
+        if os.environ.get(KILL_DURING_SAVE_ENV) == path.name:
+            f.truncate(f.tell() // 2)
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
         os.fsync(f.fileno())
-    tmp.replace(path)
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def list_checkpoints(exp_dir: str | Path) -> list[Path]:
@@ -37,6 +56,30 @@ def list_checkpoints(exp_dir: str | Path) -> list[Path]:
 def latest_checkpoint(exp_dir: str | Path) -> Path | None:
     ckpts = list_checkpoints(exp_dir)
     return ckpts[-1] if ckpts else None
+
+
+def load_latest_good(exp_dir: str | Path, map_location=None) -> tuple[Path, dict] | None:
+    """The newest checkpoint of ``exp_dir`` that loads, and its contents; None if there is none.
+
+    Leftover ``checkpoint-*.pt.tmp`` files (a write that was killed) are removed. A checkpoint that
+    does not load (truncated, garbage) is reported on one stderr line naming it and skipped, so the
+    previous good one is used; the bad file is left in place for inspection.
+    """
+    exp_dir = Path(exp_dir)
+    if exp_dir.is_dir():
+        for tmp in exp_dir.glob("checkpoint-*.pt.tmp"):
+            tmp.unlink()
+    for path in reversed(list_checkpoints(exp_dir)):
+        try:
+            ck = torch.load(path, map_location=map_location, weights_only=False)
+            if not isinstance(ck, dict) or "model" not in ck:
+                raise ValueError("not a training checkpoint")
+        except Exception as e:  # noqa: BLE001 - any unreadable file is skipped the same way
+            why = (str(e).splitlines() or [""])[0][:120]
+            print(f"corrupt checkpoint {path} skipped ({type(e).__name__}: {why})", file=sys.stderr)
+            continue
+        return path, ck
+    return None
 
 
 def prune(exp_dir: str | Path, keep: int) -> None:

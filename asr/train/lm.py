@@ -26,7 +26,7 @@ from asr.models.config import LMConfig
 from asr.models.lm import TransformerLM
 from asr.models.lm_io import save_lm_dir
 from asr.tokenizer import Tokenizer
-from asr.train.checkpoint import latest_checkpoint, prune, save_atomic
+from asr.train.checkpoint import load_latest_good, prune, save_atomic
 from asr.train.logs import CsvLog
 from asr.train.optim import adamw_with_warmup
 from asr.text import normalize_text  # the corpora's transcript convention
@@ -213,10 +213,10 @@ class LMTrainer:
         return train, self._encode(valid)
 
     def _resume(self) -> bool:
-        path = latest_checkpoint(self.out)
-        if path is None:
+        found = load_latest_good(self.out, map_location=self.device)
+        if found is None:
             return False
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+        path, ck = found
         self.lm.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])

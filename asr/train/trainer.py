@@ -29,7 +29,7 @@ from asr.features import CmvnAccumulator, Fbank, GlobalCMVN
 from asr.models import AsrModel, build_model
 from asr.models.lm_io import init_sar_lm
 from asr.tokenizer import Tokenizer
-from asr.train.checkpoint import latest_checkpoint, prune, save_atomic
+from asr.train.checkpoint import load_latest_good, prune, save_atomic
 from asr.train.config import ExperimentConfig
 from asr.train.feature_cache import FeatureBatch, FeatureCache
 from asr.train.logs import CsvLog, plot_curves
@@ -133,19 +133,23 @@ class Trainer:
             raise ValueError("no training utterances (data.train is empty)")
         keep = [r for r in rows if r["duration"] <= self.cfg.data.max_duration]
         if len(keep) < len(rows) and self.main:
-            print(f"note: {len(rows) - len(keep)} training utterances longer than "
-                  f"{self.cfg.data.max_duration} s are not used", file=sys.stderr)
+            long = [r["id"] for r in rows if r["duration"] > self.cfg.data.max_duration]
+            print(f"note: {len(long)} training utterances longer than {self.cfg.data.max_duration} s are not "
+                  f"used: {', '.join(long[:20])}{' ...' if len(long) > 20 else ''}", file=sys.stderr)
         return keep
 
     def _init_cmvn(self) -> None:
         if self.cfg.data.cmvn:
             cmvn = GlobalCMVN.load(self.cfg.data.cmvn)
         else:
-            from asr.audio import load_audio
+            from asr.audio import AudioError, load_audio
 
             acc = CmvnAccumulator(self.cfg.features.num_mel_bins)
             for r in self.train_rows[:: max(1, len(self.train_rows) // 500)]:
-                wave = load_audio(r["audio"], r.get("start"), r.get("end")).to(self.device)
+                try:
+                    wave = load_audio(r["audio"], r.get("start"), r.get("end")).to(self.device)
+                except AudioError:
+                    continue  # the data loader names and counts it when training reaches it
                 feats, lens = self.fbank(wave[None], torch.tensor([wave.numel()], device=self.device))
                 acc.add(feats[0, : int(lens[0])].cpu())
             cmvn = acc.result()
@@ -186,10 +190,10 @@ class Trainer:
             torch.cuda.set_rng_state(s["cuda"], self.device)
 
     def _resume(self) -> bool:
-        path = latest_checkpoint(self.out)
-        if path is None:
+        found = load_latest_good(self.out, map_location=self.device)
+        if found is None:
             return False
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+        path, ck = found
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
@@ -314,8 +318,9 @@ class Trainer:
         if self.step % o.checkpoint_every:
             self.save_checkpoint()
         if self.main:
-            print(f"done: {self.step} steps, {self.epoch} epochs; {len(self.failed)} utterances could not be "
-                  f"read{': ' + ', '.join(u for u, _ in self.failed[:10]) if self.failed else ''}", file=sys.stderr)
+            bad = list(dict.fromkeys(u for u, _ in self.failed))  # each utterance once, not once per epoch
+            print(f"done: {self.step} steps, {self.epoch} epochs; {len(bad)} utterances could not be "
+                  f"read{': ' + ', '.join(bad[:10]) if bad else ''}", file=sys.stderr)
         return last_valid
 
     def _past(self, deadline: float | None) -> bool:
