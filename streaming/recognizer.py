@@ -31,7 +31,7 @@ from streaming.endpoint import EndpointConfig, Endpointer
 
 __all__ = ["FLUSH_PAD_MS", "flush_pad", "Result", "Recognizer", "decode_round", "process_batch"]
 
-# Digital silence appended at the end of the stream (finalize). Without it the last ~100-300 ms of
+# A faint pad appended at the end of the stream (finalize). Without it the last ~100-300 ms of
 # speech never reach an encoder frame in which the model can emit them: the fbank drops the last
 # partial 25 ms window, the subsampling the last < 7 feature frames (its receptive field), and a
 # CTC model spikes a token some frames after its sound. A clip that stopped right after the
@@ -116,12 +116,10 @@ class Recognizer:
         commit every tentative token; the last result is always a final. Times stay inside the audio."""
         if self.finished:
             return []
-        audio_s = round(self.samples / self.loaded.features.sample_rate, 3)
-        # The flush pad (FLUSH_PAD_MS of flush_pad()) is not applied: on the tiny test model it
-        # changed transcripts that the tests pin (tests/test_recognizer.py::test_decode_cli); to be
-        # re-enabled once those tests are structural (issue 19).
-        empty = torch.zeros(1, 0, self.loaded.features.num_mel_bins, device=self.device, dtype=self.dtype)
-        results = self.decode(*self.step_encoder(empty, final=True))
+        rate = self.loaded.features.sample_rate
+        audio_s = round(self.samples / rate, 3)
+        pad = self._features(flush_pad(rate))  # not counted in self.samples: it is not the stream's audio
+        results = self.decode(*self.step_encoder(pad, final=True))
         results.append(self._end_segment(always=True))
         self.finished = True
         return [_clip_times(r, audio_s) for r in results]
@@ -135,9 +133,7 @@ class Recognizer:
             raise RuntimeError("accept_waveform after finalize: create a new Recognizer per stream")
         x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten()
         self.samples += x.numel()
-        feats = self.fbank.accept(x)  # (t, F)
-        self.decoder.accept_features(feats)
-        return self.model.cmvn(feats)[None]
+        return self._features(x)
 
     @torch.no_grad()
     def step_encoder(self, x: torch.Tensor, final: bool = False) -> tuple[torch.Tensor, bool]:
@@ -173,6 +169,14 @@ class Recognizer:
         return []
 
     # ------------------------------------------------------------------ internals
+    @torch.no_grad()
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """(n,) samples -> the normalised (1, t, F) frames that became complete (the decoder sees
+        the raw frames too: the offline decoder re-encodes them at the segment's end)."""
+        feats = self.fbank.accept(x)  # (t, F)
+        self.decoder.accept_features(feats)
+        return self.model.cmvn(feats)[None]
+
     def _end_segment(self, always: bool) -> Result | None:
         tokens: Tokens = self.decoder.finalize()
         text = self.tokenizer.decode(tokens.ids)
