@@ -21,6 +21,12 @@
 # (model.pt.part-NN; `cat` them) and results.tgz (configs, logs, curves, CMVN). The run itself is
 # local/lease.sh: stage 0 (prepare) and the train-step benchmark, training until END_S - 60 s
 # (local/train_timed.py), then averaging and a float16 export. env: MODEL (conf/<MODEL>.yaml).
+#
+# The LM text (local/train_lm.sh stage 0, run here: tar czf .carry/p2/lm-text.tgz -C egs/default
+# data/lm) travels with a part; `setup` then trains the external LM (conf/lm_large.yaml) and
+# the SAR LM subnetwork's text pre-training (conf/lm_sar.yaml) on the GPU while the CPUs synthesise,
+# one after the other; the next call after they finish brings back lm/<conf>/ (float16, with
+# perplexity-free logs: run train_lm.sh stage 2 here on the result).
 set -uo pipefail
 root=$(pwd)
 out=${OUT:-/tmp/out}
@@ -57,6 +63,9 @@ unpack() {
     [ -f "$f" ] && cp "$f" /tmp/carry/
   done
   [ -f /tmp/carry/rirs.npy ] && cp /tmp/carry/rirs.npy $data/rirs.npy
+  for f in .carry/p*/lm-text.tgz; do
+    [ -f "$f" ] && [ ! -f $data/lm/.text.done ] && tar xzf "$f" -C egs/default
+  done
   if [ -f .carry/m/model.pt ] && [ ! -f /tmp/init-model/model.pt ]; then
     mkdir -p /tmp/init-model && cp models/default/config.yaml models/default/tokenizer.model /tmp/init-model/ \
       && cp .carry/m/model.pt /tmp/init-model/ && echo "starting weights: /tmp/init-model"
@@ -74,9 +83,12 @@ report() {  # what the run has so far, into $OUT
       $exp/curves.png $exp/sessions.jsonl $exp/model/config.yaml $exp/model/tokenizer.model \
       $data/manifests/valid.jsonl $lease/gpu.csv benchmarks/results/train_step_cuda.* 2>/dev/null
   fi
+  if [ -f $lease/lm.done ] && [ ! -f $lease/lm.reported ]; then  # once: the next call gets the rest
+    cp -r /tmp/lm-out "$out/lm" && cp $lease/lm.log "$out/lm/" && touch $lease/lm.reported
+  fi
   for d in egs/default/exp/*/; do  # runs beside the main one (lease.sh ALSO)
     local m; m=$(basename "$d")
-    [ "$m" = "$model" ] && continue
+    [ "$m" = "$model" ] || [ "${m#lm_}" != "$m" ] && continue
     mkdir -p "$out/$m"
     for f in train.csv valid.csv sessions.jsonl; do cp "$d/$f" "$out/$m/" 2>/dev/null; done
     cp $lease/$m.log "$out/$m/" 2>/dev/null
@@ -101,6 +113,16 @@ case "${1:-}" in
       setsid nohup bash -c "egs/default/run.sh --stage 0 --stop-stage 0 --synth-only 1 --nj 14 \
         --prompts /tmp/carry/prompts.txt.gz > $lease/synth.log 2>&1; touch $lease/synth.done" > /dev/null 2>&1 &
       echo "synthesis started"
+    fi
+    if [ ! -f $lease/lm.started ] && [ -f $data/lm/.text.done ]; then
+      touch $lease/lm.started
+      setsid nohup bash -c "for c in lm_large lm_sar; do
+          bash egs/default/local/train_lm.sh --stage 1 --stop-stage 1 --config conf/\$c.yaml --device cuda \
+            --threads 2 --out exp/\$c && bash egs/default/local/train_lm.sh --stage 3 --stop-stage 3 \
+            --out exp/\$c --model /tmp/lm-out/\$c --max-mb 20
+          cp egs/default/exp/\$c/train.csv egs/default/exp/\$c/valid.csv /tmp/lm-out/\$c/ 2>/dev/null
+        done > $lease/lm.log 2>&1; touch $lease/lm.done" > /dev/null 2>&1 &
+      echo "LM training started (log $lease/lm.log)"
     fi
     sleep 3; tail -3 $lease/synth.log 2>/dev/null; df -h /tmp | tail -1 ;;
   start)

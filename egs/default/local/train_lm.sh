@@ -4,12 +4,17 @@
 # with `asr train-lm` on CPU, with the tokenizer of models/default.
 #
 #   egs/default/local/train_lm.sh [--stage N] [--stop-stage M] [--threads T] [--max-steps S] [--model DIR]
+#                                 [--config conf/lm.yaml] [--device cpu|cuda] [--out DIR]
 #
-# Stages: 0 text: ../shared/text/brown.txt and ljspeech_transcripts.txt (read in place), normalised as
-# the corpora, into data/lm/train.txt; brown.txt lines with index % 100 == 0 are the held-out
-# synthetic test prompts (local/evaluate.sh), so they are left out and become data/lm/heldout.txt;
-# any line equal to a dev-test or dev transcript (speechocean762/dev, librispeech-mini/dev, an4/test)
-# is dropped too. 1 train: asr train-lm -> exp/lm (resumes). 2 perplexity of exp/lm/lm on the held-out
+# conf/lm.yaml is sized for one CPU thread; conf/lm_large.yaml (the shipped LM) trains on the GPU
+# lease (device.sh setup) in a few minutes: --config conf/lm_large.yaml --device cuda --out exp/lm_large.
+#
+# Stages: 0 text: ../shared/text/brown.txt and ljspeech_transcripts.txt, and the transcripts of the
+# ASR training sets (speechocean762/train, librispeech-mini/train, an4/train), all read in place and
+# normalised as the corpora, into data/lm/train.txt; brown.txt lines with index % 100 == 0 are the
+# held-out synthetic test prompts (local/evaluate.sh), so they are left out and become
+# data/lm/heldout.txt; any line equal to a dev-test or dev transcript (speechocean762/dev,
+# librispeech-mini/dev, an4/test) is dropped too. 1 train: asr train-lm -> exp/lm (resumes). 2 perplexity of exp/lm/lm on the held-out
 # prompts and on the dev-test transcripts -> exp/lm/perplexity.json. 3 copy the LM in float16 to
 # MODEL/lm when its weights are at most max_mb MB (else it stays in exp/lm/lm).
 set -euo pipefail
@@ -20,19 +25,23 @@ model=$root/models/default
 threads=1
 max_steps=0    # 0: optim.max_steps of conf/lm.yaml
 max_mb=8
+out=""       # default: $exp/lm
+config=conf/lm.yaml
+device=cpu
 source ../../recipes/stages.sh
 parse_options "$@"
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
-out=$exp/lm
+out=${out:-$exp/lm}
 dev_texts="$shared/corpora/speechocean762/dev/text $shared/corpora/librispeech-mini/dev/text $shared/corpora/an4/test/text"
+train_texts="$shared/corpora/speechocean762/train/text $shared/corpora/librispeech-mini/train/text $shared/corpora/an4/train/text"
 
 _text() {  # _text OUT_DIR
   mkdir -p "$1"
   # shellcheck disable=SC2086
-  "$python" - "$shared/text/brown.txt" "$shared/text/ljspeech_transcripts.txt" "$1" $dev_texts <<'EOF'
+  "$python" - "$shared/text/brown.txt" "$shared/text/ljspeech_transcripts.txt" "$1" "$train_texts" $dev_texts <<'EOF'
 import sys
 from asr.text import normalize_text
-brown, ljspeech, out, dev = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+brown, ljspeech, out, asr_train, dev = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(), sys.argv[5:]
 banned = {normalize_text(line.split(maxsplit=1)[1]) for f in dev for line in open(f) if len(line.split()) > 1}
 heldout, train, dropped = [], [], 0
 for i, line in enumerate(open(brown, encoding="utf-8").read().splitlines()):
@@ -41,10 +50,11 @@ for i, line in enumerate(open(brown, encoding="utf-8").read().splitlines()):
         heldout += [text] if text else []
     elif text:
         train.append(text)
-for line in open(ljspeech, encoding="utf-8"):  # "LJ001-0001 WORDS"
-    fields = line.split(maxsplit=1)
-    if len(fields) == 2 and (text := normalize_text(fields[1])):
-        train.append(text)
+for f in [ljspeech, *asr_train]:  # "ID WORDS" per line
+    for line in open(f, encoding="utf-8"):
+        fields = line.split(maxsplit=1)
+        if len(fields) == 2 and (text := normalize_text(fields[1])):
+            train.append(text)
 keep = [t for t in train if t not in banned]
 dropped = len(train) - len(keep)
 open(f"{out}/train.txt", "w").write("\n".join(keep) + "\n")
@@ -105,8 +115,8 @@ if in_stages 1; then
   begin_stage 1 "train the LM ($threads threads)"
   steps=()
   [ "$max_steps" -gt 0 ] && steps=(--max-steps "$max_steps")
-  once "$out/.train.done" asr train-lm --config conf/lm.yaml --tokenizer "$model/tokenizer.model" \
-    --out "$out" --device cpu --threads "$threads" --no-progress "${steps[@]}"
+  once "$out/.train.done" asr train-lm --config "$config" --tokenizer "$model/tokenizer.model" \
+    --out "$out" --device "$device" --threads "$threads" --no-progress "${steps[@]}"
 fi
 if in_stages 2; then
   begin_stage 2 "perplexity"
