@@ -11,6 +11,11 @@
 #   bash egs/default/device.sh wait W           follow the run for up to W seconds
 #   bash egs/default/device.sh fetch M          exp/M/model (a run beside the main one, lease.sh ALSO)
 #
+# Keep the calls back to back: a machine left idle longer than the tool's idle_release_s (30 s in
+# session 7; `status` says) goes back, with the run and everything unpacked on it, and the next call
+# gets a bare machine (session 7 lost its training lease that way, seven minutes after `start`).
+# Prepare everything local before `setup`, and between `wait` calls do nothing but read the output.
+#
 # The parts come from local/make_carry.py (corpora, prompts, RIRs in .carry/p<k>). To save 35 MB
 # per call, the starting weights travel once, in .carry/m/model.pt (moved out of models/default for
 # the lease, so the working tree is small); they become the model directory /tmp/init-model that
