@@ -12,7 +12,10 @@ see server/client.py) and how long after the client's "end" each stream's "done"
 --max-latency. The ramp stops at the first level that does not, or when the time budget is spent.
 
     python benchmarks/server_load.py --model models/default --device cpu   # the real model
-    python benchmarks/server_load.py --synthetic-rtf 0.05                  # server overhead only
+    python benchmarks/server_load.py --synthetic-rtf 0.02 --synthetic-batch  # server overhead only
+
+Without --synthetic-batch the synthetic recognizers cost rtf each, one after another (a model
+without batching: it saturates at about 1 / (10 rtf) streams whatever the server does).
 
 Writes benchmarks/results/server_load_<device>.json (and a .md table beside it) and prints the table.
 """
@@ -61,7 +64,8 @@ class SyntheticRecognizer:
         self.rtf, self.buffered, self.blocks, self.segment = rtf, 0, 0, 0
 
     def accept_waveform(self, samples: np.ndarray) -> list[_Result]:
-        time.sleep(self.rtf * samples.size / 16000)
+        if self.rtf:
+            time.sleep(self.rtf * samples.size / 16000)
         self.buffered += samples.size
         out = []
         while self.buffered >= 10240:
@@ -77,6 +81,8 @@ class SyntheticRecognizer:
 
 
 class SyntheticFactory:
+    """Synthetic recognizers, one after another in each pass (a model without batching)."""
+
     device = "synthetic"
 
     def __init__(self, rtf: float) -> None:
@@ -84,6 +90,20 @@ class SyntheticFactory:
 
     def __call__(self, settings=None) -> SyntheticRecognizer:
         return SyntheticRecognizer(self.rtf)
+
+
+class BatchedSyntheticFactory(SyntheticFactory):
+    """A batched device model: one pass costs `rtf` times its longest chunk, whatever the number
+    of streams (one sleep, GIL released), so what grows with N is the server's own work."""
+
+    def process_batch(self, items: list) -> list[list[_Result]]:
+        time.sleep(self.rtf * max(x.size for _, x in items) / 16000)
+        rtf, out = self.rtf, []
+        for rec, samples in items:
+            rec.rtf = 0.0  # paid above, for the whole batch
+            out.append(rec.accept_waveform(samples))
+            rec.rtf = rtf
+        return out
 
 
 class _ServerThread:
@@ -232,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="model directory (uses streaming.make_recognizer_factory)")
     src.add_argument("--synthetic-rtf", type=float, default=0.02, help="synthetic recognizer cost (s per audio s)")
+    p.add_argument("--synthetic-batch", action="store_true",
+                   help="synthetic: one cost per pass for all streams (a batched GPU call), not one per stream")
     p.add_argument("--decoder", default="sar")
     p.add_argument("--block-ms", type=int, default=640)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (--model only)")
@@ -266,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         if device.startswith("cuda") and torch.cuda.is_available():
             device = torch.cuda.get_device_name()
     else:
-        factory, device = SyntheticFactory(args.synthetic_rtf), f"synthetic-rtf{args.synthetic_rtf:g}"
+        kind = BatchedSyntheticFactory if args.synthetic_batch else SyntheticFactory
+        factory = kind(args.synthetic_rtf)
+        device = f"synthetic{'-batch' if args.synthetic_batch else ''}-rtf{args.synthetic_rtf:g}"
     n_samples = int(args.seconds * 16000)
     if args.audio:
         pcm = np.resize(read_pcm16(args.audio), n_samples)
@@ -276,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.streams.split(",")]
     settings = factory.settings if args.model else InferenceConfig(decoder=args.decoder, block_ms=args.block_ms)
     config = ServerConfig(port=0, model_name=args.model or "synthetic", inference=settings,
-                          max_sessions=max(levels) + 1, max_batch=max(levels))
+                          max_sessions=max(levels) + 1, max_batch=max(levels),
+                          # every client connects from 127.0.0.1 at about the same time
+                          max_waiting=max(levels) + 1, max_waiting_per_address=max(levels) + 1)
     rows, began = [], time.monotonic()
     clients = _Clients(args.client_procs)
     try:

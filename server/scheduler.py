@@ -57,6 +57,11 @@ class Stream:
     pending_samples: int = 0
     pending_since: float | None = None  # monotonic time the oldest pending audio arrived
     processed_samples: int = 0
+    # A pass that produced no results (nor an error) puts a progress-only delivery into the outbox
+    # once this many samples were processed since the last delivery put (0: after every pass;
+    # None: never): the native protocol's acks need one per second of audio, not one per frame.
+    progress_every: int | None = 0
+    delivered_samples: int = 0  # processed_samples when the last delivery was put
     busy: bool = False
     closed: bool = False
     failed: bool = False
@@ -272,9 +277,17 @@ class Scheduler:
         if not stream.closed:
             if results and since is not None and self.on_latency is not None:
                 self.on_latency(now - since)
-            if results or error is not None or w.samples is not None:  # also progress (acks)
+            if results or error is not None or self._progress_due(stream, w):
                 stream.outbox.put_nowait(Delivery(results, stream.processed_samples / SAMPLE_RATE, error))
+                stream.delivered_samples = stream.processed_samples
         self._settle(stream)
+
+    @staticmethod
+    def _progress_due(stream: Stream, w: _Work) -> bool:
+        every = stream.progress_every
+        if w.samples is None or every is None:
+            return False
+        return stream.processed_samples - stream.delivered_samples >= every
 
     def _process(self, work: list[_Work]) -> list[tuple[list[Result], BaseException | None]]:
         """Model thread: batched `accept_waveform`, then the finalizes; errors stay per stream."""

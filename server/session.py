@@ -94,6 +94,10 @@ class Session:
             return self._unread.pop()
         if self.draining:
             return None
+        if _buffered_message(self.ws) and (self.started or not self._start_deadline.done()):
+            # A whole message is already here: no timeout can fire before it, so skip the three
+            # futures and the wait below (per audio frame, the server's main per-stream cost).
+            return await self.ws.recv()
         if self._drain_task is None:
             self._drain_task = asyncio.ensure_future(self.ctx.draining.wait())
         recv = asyncio.ensure_future(self.ws.recv())
@@ -208,6 +212,20 @@ class Session:
         if self.started:
             self.ctx.metrics.session_closed()
         self.ctx.metrics.waiting = self.ctx.admission.waiting
+
+
+def _buffered_message(ws: ServerConnection) -> bool:
+    """True when a complete message is buffered, so that `ws.recv()` returns it without waiting.
+
+    Reads websockets' incoming frame queue (`Connection.recv_messages.frames`); should that
+    internal change, this says False and `receive` takes its general path."""
+    frames = getattr(getattr(getattr(ws, "recv_messages", None), "frames", None), "queue", None)
+    if not frames:
+        return False
+    try:
+        return any(frame.fin for frame in frames)
+    except AttributeError:
+        return False
 
 
 def _address(ws: ServerConnection) -> str:
