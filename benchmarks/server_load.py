@@ -234,7 +234,8 @@ def markdown(report: dict) -> str:
         f"# Server load: {r['device']}, {r['decoder']}, {r['block_ms']} ms blocks",
         "",
         f"model {r['model'] or 'synthetic'}; {r['seconds_per_stream']:g} s per stream in {r['chunk_ms']} ms frames; "
-        f"clients in {r['client_procs']} separate process(es); {r['note'] or ''}".rstrip("; "),
+        f"clients in {r['client_procs']} separate process(es); server batch window {r['batch_window_s']:g} s; "
+        f"{r['note'] or ''}".rstrip("; "),
         "",
         "| streams | p50 latency (s) | p99 latency (s) | max final lag (s) | real time |",
         "|---:|---:|---:|---:|:---:|",
@@ -262,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="audio seconds per stream")
     p.add_argument("--streams", default="1,2,4,8,16,32,64,128", help="levels of concurrency to try")
     p.add_argument("--chunk-ms", type=int, default=100)
+    p.add_argument("--batch-window", type=float, default=0.0,
+                   help="the server's batch_window_s: seconds between model passes at least (0: none)")
     p.add_argument("--client-procs", type=int, default=min(4, os.cpu_count() or 1),
                    help="client processes (the streams are spread over them)")
     p.add_argument("--max-latency", type=float, default=1.0, help="p99 latency and final lag that still count as real time")
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.streams.split(",")]
     settings = factory.settings if args.model else InferenceConfig(decoder=args.decoder, block_ms=args.block_ms)
     config = ServerConfig(port=0, model_name=args.model or "synthetic", inference=settings,
-                          max_sessions=max(levels) + 1, max_batch=max(levels),
+                          max_sessions=max(levels) + 1, max_batch=max(levels), batch_window_s=args.batch_window,
                           # every client connects from 127.0.0.1 at about the same time
                           max_waiting=max(levels) + 1, max_waiting_per_address=max(levels) + 1)
     rows, began = [], time.monotonic()
@@ -328,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "device": device, "model": args.model, "decoder": args.decoder, "block_ms": args.block_ms,
         "seconds_per_stream": args.seconds, "chunk_ms": args.chunk_ms, "max_latency_s": args.max_latency,
-        "client_procs": args.client_procs, "note": args.note,
+        "client_procs": args.client_procs, "batch_window_s": args.batch_window, "note": args.note,
         "max_realtime_streams": best, "levels": rows, "scheduler": scheduler,
     }
     print("\n" + markdown(report).split("\n", 4)[4])
