@@ -5,7 +5,7 @@ the clients run in `--client-procs` separate processes, each with its own asynci
 share of the N streams, so that no client work shares the server's GIL.
 
 For N = 1, 2, 4, ... it starts N native-protocol clients that send audio at real speed (100 ms
-frames, starts staggered over one frame period) and measures, on the client side, the latency of
+frames, starts spread over one frame period, or --stagger seconds) and measures, on the client side, the latency of
 every partial/final (arrival time - send time of the last audio sample the server had processed,
 see server/client.py) and how long after the client's "end" each stream's "done" arrives. A level
 "keeps real time" when every stream finished, p99 latency <= --max-latency and the final lag <=
@@ -184,10 +184,10 @@ class _Clients:
         for p in self.procs:
             p.start()
 
-    def run_level(self, url: str, pcm: np.ndarray, n: int, chunk_ms: int, timeout_s: float) -> list[dict]:
-        """N streams, stream i in process i % procs, starts staggered over one frame period."""
+    def run_level(self, url: str, pcm: np.ndarray, n: int, chunk_ms: int, stagger_s: float, timeout_s: float) -> list[dict]:
+        """N streams, stream i in process i % procs, starts spread evenly over `stagger_s`."""
         t0 = time.monotonic() + 1.0  # time for every process to receive its job
-        offsets = [i * chunk_ms / 1000 / max(n, 1) for i in range(n)]
+        offsets = [i * stagger_s / max(n, 1) for i in range(n)]
         for k, q in enumerate(self.jobs):
             q.put(_Job(url, pcm, chunk_ms, t0, tuple(offsets[k :: len(self.jobs)])))
         out: list[dict] = []
@@ -234,6 +234,7 @@ def markdown(report: dict) -> str:
         f"# Server load: {r['device']}, {r['decoder']}, {r['block_ms']} ms blocks",
         "",
         f"model {r['model'] or 'synthetic'}; {r['seconds_per_stream']:g} s per stream in {r['chunk_ms']} ms frames; "
+        f"starts spread over {r['stagger_s']:g} s; "
         f"clients in {r['client_procs']} separate process(es); server batch window {r['batch_window_s']:g} s; "
         f"{r['note'] or ''}".rstrip("; "),
         "",
@@ -265,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-ms", type=int, default=100)
     p.add_argument("--batch-window", type=float, default=0.0,
                    help="the server's batch_window_s: seconds between model passes at least (0: none)")
+    p.add_argument("--stagger", type=float, default=None,
+                   help="seconds over which the N stream starts (and so their ends) are spread (default: one frame)")
     p.add_argument("--client-procs", type=int, default=min(4, os.cpu_count() or 1),
                    help="client processes (the streams are spread over them)")
     p.add_argument("--max-latency", type=float, default=1.0, help="p99 latency and final lag that still count as real time")
@@ -315,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() - began + args.seconds * 1.5 > args.time_budget:
                     print(f"time budget spent; stopping before {n} streams", file=sys.stderr)
                     break
-                outcomes = clients.run_level(url, pcm, n, args.chunk_ms, timeout_s=args.seconds * 10 + 120)
+                stagger = args.chunk_ms / 1000 if args.stagger is None else args.stagger
+                outcomes = clients.run_level(url, pcm, n, args.chunk_ms, stagger, timeout_s=args.seconds * 10 + 120)
                 row = summarize(n, outcomes, args.max_latency)
                 rows.append(row)
                 print(f"{n:>5} streams: p50 {row['latency_p50_s'] or 0:.3f}s  p99 {row['latency_p99_s'] or 0:.3f}s  "
@@ -331,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "device": device, "model": args.model, "decoder": args.decoder, "block_ms": args.block_ms,
         "seconds_per_stream": args.seconds, "chunk_ms": args.chunk_ms, "max_latency_s": args.max_latency,
+        "stagger_s": args.chunk_ms / 1000 if args.stagger is None else args.stagger,
         "client_procs": args.client_procs, "batch_window_s": args.batch_window, "note": args.note,
         "max_realtime_streams": best, "levels": rows, "scheduler": scheduler,
     }
