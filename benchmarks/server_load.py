@@ -238,12 +238,13 @@ def markdown(report: dict) -> str:
         f"clients in {r['client_procs']} separate process(es); server batch window {r['batch_window_s']:g} s; "
         f"{r['note'] or ''}".rstrip("; "),
         "",
-        "| streams | p50 latency (s) | p99 latency (s) | max final lag (s) | real time |",
-        "|---:|---:|---:|---:|:---:|",
+        "| streams | p50 latency (s) | p99 latency (s) | max final lag (s) | server CPU (ms per stream-s) | real time |",
+        "|---:|---:|---:|---:|---:|:---:|",
     ]
     for x in r["levels"]:
         lines.append(f"| {x['streams']} | {x['latency_p50_s'] or 0:.3f} | {x['latency_p99_s'] or 0:.3f} | "
-                     f"{x['final_lag_max_s'] or 0:.3f} | {'yes' if x['realtime'] else 'no'} |")
+                     f"{x['final_lag_max_s'] or 0:.3f} | {x.get('server_cpu_ms_per_stream_s', 0):.2f} | "
+                     f"{'yes' if x['realtime'] else 'no'} |")
     lines += ["", f"largest N that keeps real time (p99 and final lag <= {r['max_latency_s']:g} s): "
               f"**{r['max_realtime_streams']}**", ""]
     return "\n".join(lines)
@@ -319,11 +320,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"time budget spent; stopping before {n} streams", file=sys.stderr)
                     break
                 stagger = args.chunk_ms / 1000 if args.stagger is None else args.stagger
+                cpu = time.process_time()  # this process is the server (its threads) and a waiting main thread
                 outcomes = clients.run_level(url, pcm, n, args.chunk_ms, stagger, timeout_s=args.seconds * 10 + 120)
+                cpu = time.process_time() - cpu
                 row = summarize(n, outcomes, args.max_latency)
+                row["server_cpu_s"] = round(cpu, 3)
+                row["server_cpu_ms_per_stream_s"] = round(1000 * cpu / (n * args.seconds), 3)
                 rows.append(row)
                 print(f"{n:>5} streams: p50 {row['latency_p50_s'] or 0:.3f}s  p99 {row['latency_p99_s'] or 0:.3f}s  "
-                      f"final lag {row['final_lag_max_s'] or 0:.3f}s  {'ok' if row['realtime'] else 'NOT real time'}"
+                      f"final lag {row['final_lag_max_s'] or 0:.3f}s  server CPU {row['server_cpu_ms_per_stream_s']:.2f} "
+                      f"ms/stream-s  {'ok' if row['realtime'] else 'NOT real time'}"
                       + (f"  errors: {row['errors']}" if row["errors"] else ""), file=sys.stderr, flush=True)
                 if not row["realtime"]:
                     break
