@@ -1,16 +1,23 @@
 """Load test of the streaming server: N concurrent real-time streams over loopback.
 
+The server runs in this process (its event loop on a thread, the model on the scheduler's thread);
+the clients run in `--client-procs` separate processes, each with its own asyncio loop driving its
+share of the N streams, so that no client work shares the server's GIL.
+
 For N = 1, 2, 4, ... it starts N native-protocol clients that send audio at real speed (100 ms
-frames, staggered starts) and measures, on the client side, the latency of every partial/final
-(arrival time - send time of the last audio sample the server had processed, see server/client.py)
-and how long after the client's "end" each stream's last final (and "done") arrives. A level "keeps real time"
-when every stream finished, p99 latency <= --max-latency and the final lag <= --max-latency.
-The ramp stops at the first level that does not, or when the time budget is spent.
+frames, starts spread over one frame period, or --stagger seconds) and measures, on the client side, the latency of
+every partial/final (arrival time - send time of the last audio sample the server had processed,
+see server/client.py) and how long after the client's "end" each stream's "done" arrives. A level
+"keeps real time" when every stream finished, p99 latency <= --max-latency and the final lag <=
+--max-latency. The ramp stops at the first level that does not, or when the time budget is spent.
 
-    python benchmarks/server_load.py --model exp/default              # the real model
-    python benchmarks/server_load.py --synthetic-rtf 0.05             # server overhead only
+    python benchmarks/server_load.py --model models/default --device cpu   # the real model
+    python benchmarks/server_load.py --synthetic-rtf 0.02 --synthetic-batch  # server overhead only
 
-Writes benchmarks/results/server_load_<device>.json and prints a table.
+Without --synthetic-batch the synthetic recognizers cost rtf each, one after another (a model
+without batching: it saturates at about 1 / (10 rtf) streams whatever the server does).
+
+Writes benchmarks/results/server_load_<device>.json (and a .md table beside it) and prints the table.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
+import os
 import re
 import sys
 import threading
@@ -27,11 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Only light imports at module level: the client processes are spawned and import this module.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from asr.inference import InferenceConfig  # noqa: E402
-from server.app import AsrServer  # noqa: E402
 from server.client import astream_frames, read_pcm16  # noqa: E402
-from server.config import ServerConfig  # noqa: E402
 
 
 @dataclass
@@ -57,7 +64,8 @@ class SyntheticRecognizer:
         self.rtf, self.buffered, self.blocks, self.segment = rtf, 0, 0, 0
 
     def accept_waveform(self, samples: np.ndarray) -> list[_Result]:
-        time.sleep(self.rtf * samples.size / 16000)
+        if self.rtf:
+            time.sleep(self.rtf * samples.size / 16000)
         self.buffered += samples.size
         out = []
         while self.buffered >= 10240:
@@ -73,6 +81,8 @@ class SyntheticRecognizer:
 
 
 class SyntheticFactory:
+    """Synthetic recognizers, one after another in each pass (a model without batching)."""
+
     device = "synthetic"
 
     def __init__(self, rtf: float) -> None:
@@ -82,16 +92,32 @@ class SyntheticFactory:
         return SyntheticRecognizer(self.rtf)
 
 
-class _ServerThread:
-    """The server on its own event loop thread, so the clients' work does not delay it."""
+class BatchedSyntheticFactory(SyntheticFactory):
+    """A batched device model: one pass costs `rtf` times its longest chunk, whatever the number
+    of streams (one sleep, GIL released), so what grows with N is the server's own work."""
 
-    def __init__(self, config: ServerConfig, factory) -> None:
+    def process_batch(self, items: list) -> list[list[_Result]]:
+        time.sleep(self.rtf * max(x.size for _, x in items) / 16000)
+        rtf, out = self.rtf, []
+        for rec, samples in items:
+            rec.rtf = 0.0  # paid above, for the whole batch
+            out.append(rec.accept_waveform(samples))
+            rec.rtf = rtf
+        return out
+
+
+class _ServerThread:
+    """The server on its own event loop thread; the main thread only waits for the clients."""
+
+    def __init__(self, config, factory) -> None:
         self.ready = threading.Event()
         self.stop: asyncio.Event | None = None
-        self.server: AsrServer | None = None
+        self.server = None
         self.thread = threading.Thread(target=lambda: asyncio.run(self._main(config, factory)), daemon=True)
 
-    async def _main(self, config: ServerConfig, factory) -> None:
+    async def _main(self, config, factory) -> None:
+        from server.app import AsrServer
+
         self.loop = asyncio.get_running_loop()
         self.stop = asyncio.Event()
         self.server = AsrServer(config, factory)
@@ -100,7 +126,7 @@ class _ServerThread:
         await self.stop.wait()
         await self.server.shutdown()
 
-    def __enter__(self) -> AsrServer:
+    def __enter__(self):
         self.thread.start()
         self.ready.wait(60)
         assert self.server is not None
@@ -111,27 +137,117 @@ class _ServerThread:
         self.thread.join(60)
 
 
-async def _level(url: str, pcm: np.ndarray, n: int, chunk_ms: int) -> dict:
-    step = 16000 * chunk_ms // 1000
-    frames = [pcm[i : i + step] for i in range(0, pcm.size, step)]
+# -- client processes ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Job:
+    """One level's share for one client process: stream `i` starts at `t0 + offsets[i]`
+    (time.monotonic is one clock for all processes of the machine)."""
 
-    async def one(i: int):
-        await asyncio.sleep(i * chunk_ms / 1000 / max(n, 1))  # stagger within one frame period
-        return await astream_frames(url, frames, realtime=True), None
+    url: str
+    pcm: np.ndarray  # (n,) int16
+    chunk_ms: int
+    t0: float
+    offsets: tuple[float, ...]
 
-    results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
-    done = [r for r in results if not isinstance(r, BaseException)]
-    lat = np.array([x for t, _ in done for x in t.latencies_s]) if done else np.zeros(0)
-    lags = [t.final_lag_s for t, _ in done if t.final_lag_s is not None]
-    return {
+
+async def _run_job(job: _Job) -> list[dict]:
+    step = 16000 * job.chunk_ms // 1000
+    frames = [job.pcm[i : i + step] for i in range(0, job.pcm.size, step)]
+
+    async def one(offset: float) -> dict:
+        delay = job.t0 + offset - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            t = await astream_frames(job.url, frames, realtime=True)
+        except BaseException as exc:  # noqa: BLE001 - reported, counted as a failed stream
+            return {"error": repr(exc)}
+        return {"latencies_s": list(t.latencies_s), "final_lag_s": t.final_lag_s}
+
+    return list(await asyncio.gather(*(one(o) for o in job.offsets)))
+
+
+def _client_main(jobs, results) -> None:
+    """A client process: run each job it is sent, put back the per-stream outcomes; None stops it."""
+    while (job := jobs.get()) is not None:
+        results.put(asyncio.run(_run_job(job)) if job.offsets else [])
+
+
+class _Clients:
+    """`procs` spawned client processes (spawn, not fork: the server process has threads)."""
+
+    def __init__(self, procs: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.jobs = [ctx.Queue() for _ in range(procs)]
+        self.results = ctx.Queue()
+        self.procs = [ctx.Process(target=_client_main, args=(q, self.results), daemon=True) for q in self.jobs]
+        for p in self.procs:
+            p.start()
+
+    def run_level(self, url: str, pcm: np.ndarray, n: int, chunk_ms: int, stagger_s: float, timeout_s: float) -> list[dict]:
+        """N streams, stream i in process i % procs, starts spread evenly over `stagger_s`."""
+        t0 = time.monotonic() + 1.0  # time for every process to receive its job
+        offsets = [i * stagger_s / max(n, 1) for i in range(n)]
+        for k, q in enumerate(self.jobs):
+            q.put(_Job(url, pcm, chunk_ms, t0, tuple(offsets[k :: len(self.jobs)])))
+        out: list[dict] = []
+        for _ in self.jobs:
+            out += self.results.get(timeout=timeout_s)
+        return out
+
+    def close(self) -> None:
+        for q in self.jobs:
+            q.put(None)
+        for p in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+
+
+def summarize(n: int, outcomes: list[dict], max_latency: float) -> dict:
+    """One level's row from its streams' outcomes (`latencies_s`/`final_lag_s`, or `error`)."""
+    done = [o for o in outcomes if "error" not in o]
+    lat = np.array([x for o in done for x in o["latencies_s"]])
+    lags = [o["final_lag_s"] for o in done if o["final_lag_s"] is not None]
+    row = {
         "streams": n,
         "completed": len(done),
-        "errors": [repr(r) for r in results if isinstance(r, BaseException)][:3],
+        "errors": [o["error"] for o in outcomes if "error" in o][:3],
         "latency_p50_s": float(np.percentile(lat, 50)) if lat.size else None,
         "latency_p99_s": float(np.percentile(lat, 99)) if lat.size else None,
         "latency_max_s": float(lat.max()) if lat.size else None,
         "final_lag_max_s": float(max(lags)) if lags else None,
     }
+    row["realtime"] = (
+        row["completed"] == n
+        and row["latency_p99_s"] is not None
+        and row["latency_p99_s"] <= max_latency
+        and row["final_lag_max_s"] is not None
+        and row["final_lag_max_s"] <= max_latency
+    )
+    return row
+
+
+def markdown(report: dict) -> str:
+    r = report
+    lines = [
+        f"# Server load: {r['device']}, {r['decoder']}, {r['block_ms']} ms blocks",
+        "",
+        f"model {r['model'] or 'synthetic'}; {r['seconds_per_stream']:g} s per stream in {r['chunk_ms']} ms frames; "
+        f"starts spread over {r['stagger_s']:g} s; "
+        f"clients in {r['client_procs']} separate process(es); server batch window {r['batch_window_s']:g} s; "
+        f"{r['note'] or ''}".rstrip("; "),
+        "",
+        "| streams | p50 latency (s) | p99 latency (s) | max final lag (s) | server CPU (ms per stream-s) | real time |",
+        "|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for x in r["levels"]:
+        lines.append(f"| {x['streams']} | {x['latency_p50_s'] or 0:.3f} | {x['latency_p99_s'] or 0:.3f} | "
+                     f"{x['final_lag_max_s'] or 0:.3f} | {x.get('server_cpu_ms_per_stream_s', 0):.2f} | "
+                     f"{'yes' if x['realtime'] else 'no'} |")
+    lines += ["", f"largest N that keeps real time (p99 and final lag <= {r['max_latency_s']:g} s): "
+              f"**{r['max_realtime_streams']}**", ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,22 +255,38 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="model directory (uses streaming.make_recognizer_factory)")
     src.add_argument("--synthetic-rtf", type=float, default=0.02, help="synthetic recognizer cost (s per audio s)")
+    p.add_argument("--synthetic-batch", action="store_true",
+                   help="synthetic: one cost per pass for all streams (a batched GPU call), not one per stream")
     p.add_argument("--decoder", default="sar")
     p.add_argument("--block-ms", type=int, default=640)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (--model only)")
-    p.add_argument("--audio", help="16 kHz audio file to stream (default: 10 s of noise)")
+    p.add_argument("--threads", type=int, help="torch threads of the server's model (default: torch's)")
+    p.add_argument("--audio", help="16 kHz audio file to stream, looped (default: 10 s of noise)")
     p.add_argument("--seconds", type=float, default=10.0, help="audio seconds per stream")
     p.add_argument("--streams", default="1,2,4,8,16,32,64,128", help="levels of concurrency to try")
     p.add_argument("--chunk-ms", type=int, default=100)
+    p.add_argument("--batch-window", type=float, default=0.0,
+                   help="the server's batch_window_s: seconds between model passes at least (0: none)")
+    p.add_argument("--stagger", type=float, default=None,
+                   help="seconds over which the N stream starts (and so their ends) are spread (default: one frame)")
+    p.add_argument("--client-procs", type=int, default=min(4, os.cpu_count() or 1),
+                   help="client processes (the streams are spread over them)")
     p.add_argument("--max-latency", type=float, default=1.0, help="p99 latency and final lag that still count as real time")
     p.add_argument("--time-budget", type=float, default=300.0, help="stop starting new levels after this many seconds")
-    p.add_argument("--out", help="JSON path (default: benchmarks/results/server_load_<device>.json)")
+    p.add_argument("--note", default="", help="free text stored with the results (run conditions)")
+    p.add_argument("--out", help="JSON path (default: benchmarks/results/server_load_<device>.json; .md beside it)")
     args = p.parse_args(argv)
+    if args.client_procs < 1:
+        p.error("--client-procs must be >= 1")
+
+    from asr.inference import InferenceConfig
+    from server.config import ServerConfig
 
     if args.model:
         import torch
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        if args.threads:
+            torch.set_num_threads(args.threads)
         import streaming
 
         factory = streaming.make_recognizer_factory(args.model, decoder=args.decoder, block_ms=args.block_ms,
@@ -163,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         if device.startswith("cuda") and torch.cuda.is_available():
             device = torch.cuda.get_device_name()
     else:
-        factory, device = SyntheticFactory(args.synthetic_rtf), f"synthetic-rtf{args.synthetic_rtf:g}"
+        kind = BatchedSyntheticFactory if args.synthetic_batch else SyntheticFactory
+        factory = kind(args.synthetic_rtf)
+        device = f"synthetic{'-batch' if args.synthetic_batch else ''}-rtf{args.synthetic_rtf:g}"
     n_samples = int(args.seconds * 16000)
     if args.audio:
         pcm = np.resize(read_pcm16(args.audio), n_samples)
@@ -173,43 +307,51 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.streams.split(",")]
     settings = factory.settings if args.model else InferenceConfig(decoder=args.decoder, block_ms=args.block_ms)
     config = ServerConfig(port=0, model_name=args.model or "synthetic", inference=settings,
-                          max_sessions=max(levels) + 1, max_batch=max(levels))
+                          max_sessions=max(levels) + 1, max_batch=max(levels), batch_window_s=args.batch_window,
+                          # every client connects from 127.0.0.1 at about the same time
+                          max_waiting=max(levels) + 1, max_waiting_per_address=max(levels) + 1)
     rows, began = [], time.monotonic()
-    with _ServerThread(config, factory) as server:
-        url = f"ws://127.0.0.1:{server.port}/asr"
-        for n in levels:
-            if time.monotonic() - began + args.seconds * 1.5 > args.time_budget:
-                print(f"time budget spent; stopping before {n} streams", file=sys.stderr)
-                break
-            row = asyncio.run(_level(url, pcm, n, args.chunk_ms))
-            row["realtime"] = (
-                row["completed"] == n
-                and row["latency_p99_s"] is not None
-                and row["latency_p99_s"] <= args.max_latency
-                and row["final_lag_max_s"] <= args.max_latency
-            )
-            rows.append(row)
-            print(f"{n:>5} streams: p50 {row['latency_p50_s'] or 0:.3f}s  p99 {row['latency_p99_s'] or 0:.3f}s  "
-                  f"final lag {row['final_lag_max_s'] or 0:.3f}s  {'ok' if row['realtime'] else 'NOT real time'}",
-                  file=sys.stderr, flush=True)
-            if not row["realtime"]:
-                break
-        scheduler = {"passes": server.scheduler.passes, "max_batch_seen": server.scheduler.max_batch_seen}
+    clients = _Clients(args.client_procs)
+    try:
+        with _ServerThread(config, factory) as server:
+            url = f"ws://127.0.0.1:{server.port}/asr"
+            for n in levels:
+                if time.monotonic() - began + args.seconds * 1.5 > args.time_budget:
+                    print(f"time budget spent; stopping before {n} streams", file=sys.stderr)
+                    break
+                stagger = args.chunk_ms / 1000 if args.stagger is None else args.stagger
+                cpu = time.process_time()  # this process is the server (its threads) and a waiting main thread
+                outcomes = clients.run_level(url, pcm, n, args.chunk_ms, stagger, timeout_s=args.seconds * 10 + 120)
+                cpu = time.process_time() - cpu
+                row = summarize(n, outcomes, args.max_latency)
+                row["server_cpu_s"] = round(cpu, 3)
+                row["server_cpu_ms_per_stream_s"] = round(1000 * cpu / (n * args.seconds), 3)
+                rows.append(row)
+                print(f"{n:>5} streams: p50 {row['latency_p50_s'] or 0:.3f}s  p99 {row['latency_p99_s'] or 0:.3f}s  "
+                      f"final lag {row['final_lag_max_s'] or 0:.3f}s  server CPU {row['server_cpu_ms_per_stream_s']:.2f} "
+                      f"ms/stream-s  {'ok' if row['realtime'] else 'NOT real time'}"
+                      + (f"  errors: {row['errors']}" if row["errors"] else ""), file=sys.stderr, flush=True)
+                if not row["realtime"]:
+                    break
+            scheduler = {"passes": server.scheduler.passes, "max_batch_seen": server.scheduler.max_batch_seen}
+    finally:
+        clients.close()
 
     best = max([r["streams"] for r in rows if r["realtime"]], default=0)
-    print(f"\n| streams | p50 latency (s) | p99 latency (s) | max final lag (s) | real time |\n|---:|---:|---:|---:|:---:|")
-    for r in rows:
-        print(f"| {r['streams']} | {r['latency_p50_s'] or 0:.3f} | {r['latency_p99_s'] or 0:.3f} | "
-              f"{r['final_lag_max_s'] or 0:.3f} | {'yes' if r['realtime'] else 'no'} |")
-    print(f"\nlargest N that keeps real time: {best}  (device: {device})")
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"server_load_{re.sub(r'[^A-Za-z0-9_.-]+', '_', device)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    report = {
         "device": device, "model": args.model, "decoder": args.decoder, "block_ms": args.block_ms,
         "seconds_per_stream": args.seconds, "chunk_ms": args.chunk_ms, "max_latency_s": args.max_latency,
+        "stagger_s": args.chunk_ms / 1000 if args.stagger is None else args.stagger,
+        "client_procs": args.client_procs, "batch_window_s": args.batch_window, "note": args.note,
         "max_realtime_streams": best, "levels": rows, "scheduler": scheduler,
-    }, indent=2) + "\n")
-    print(f"wrote {out}")
+    }
+    print("\n" + markdown(report).split("\n", 4)[4])
+    print(f"(device: {device})")
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"server_load_{re.sub(r'[^A-Za-z0-9_.-]+', '_', device)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    print(f"wrote {out} and {out.with_suffix('.md').name}")
     return 0
 
 

@@ -82,6 +82,7 @@ class AsrServer:
             max_pending_samples=int(config.max_pending_s * SAMPLE_RATE),
             on_latency=self.metrics.partial_latency.observe,
             on_pass=self.metrics.model_pass,
+            pass_interval_s=config.batch_window_s,
         )
         self.ctx = Context(config=config, scheduler=self.scheduler, metrics=self.metrics, sleep=sleep)
         self._ws: Server | None = None

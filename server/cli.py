@@ -53,6 +53,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
                      help="accept browser sessions only from this Origin (repeatable; none: any origin)")
     perf = p.add_argument_group("scheduling")
     perf.add_argument("--max-batch", type=int, default=32, help="streams per model call")
+    perf.add_argument("--batch-window", type=float, default=0.0,
+                      help="seconds between model passes at least, so that more streams share one (batched) pass; "
+                           "adds up to this much latency (0: a pass as soon as audio arrives)")
     perf.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish open sessions on SIGTERM")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -79,6 +82,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             keyfile=args.keyfile,
             allowed_origins=tuple(args.allow_origin),
             max_batch=args.max_batch,
+            batch_window_s=args.batch_window,
             drain_timeout_s=args.drain_timeout,
         )
     except ValueError as exc:

@@ -77,7 +77,9 @@ def decode_pcm(data: bytes, max_frame_bytes: int) -> np.ndarray:
         )
     if len(data) % 2:
         raise ProtocolError("bad_audio", f"audio frame of {len(data)} bytes is not whole 16-bit samples (s16le)")
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float32)
+    samples *= np.float32(1 / 32768)  # in place (one array per frame, not two); a power of 2: exact
+    return samples
 
 
 def parse_json_object(text: str) -> dict[str, Any]:

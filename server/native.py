@@ -103,7 +103,9 @@ async def _pump(session: Session, stream: Stream, opts: StartOptions) -> None:
         for result in delivery.results:
             await _send(session, result_message(result, delivery.audio_s, opts.timestamps))
             reported_s = delivery.audio_s
-        if delivery.audio_s - reported_s >= ACK_EVERY_S and delivery.error is None:
+        # (the tolerance: the scheduler puts a progress delivery after ACK_EVERY_S of samples,
+        # which float seconds may place a hair below)
+        if delivery.audio_s - reported_s >= ACK_EVERY_S - 1e-6 and delivery.error is None:
             await _send(session, {"type": "ack", "audio_s": round(delivery.audio_s, 3)})
             reported_s = delivery.audio_s
         if delivery.error is not None:
@@ -151,6 +153,7 @@ async def handle(session: Session) -> None:
             raise ProtocolError("not_started", f"first message must be type \"start\", got {obj.get('type')!r}")
         opts = parse_start(obj)
         stream = await session.open_stream(opts.overrides, opts.sample_rate)
+        stream.progress_every = round(ACK_EVERY_S * SAMPLE_RATE)  # what _pump needs for its acks
         await _send(session, {"type": "ready", "sample_rate": opts.sample_rate})
         pump = asyncio.create_task(_pump(session, stream, opts))
         while True:

@@ -68,6 +68,9 @@ class Session:
         self.address = _address(ws)
         self._unread: list[Message] = []
         self._drain_task: asyncio.Task[bool] | None = None
+        self._receiving: asyncio.Task[Any] | None = None  # the task inside `receive`, awaiting a message
+        self._interrupt: str | None = None  # why `_interrupt_receive` cancelled it
+        self._receive_round = 0  # counts the `receive` calls that wait
         self._released = False
         self._start_deadline: asyncio.Future[None] = asyncio.ensure_future(ctx.sleep(ctx.config.start_timeout_s))
         assert ctx.admission is not None
@@ -94,28 +97,51 @@ class Session:
             return self._unread.pop()
         if self.draining:
             return None
+        if not self.started and self._start_deadline.done() and not self._start_deadline.cancelled():
+            raise self._timeout("start")
+        if _buffered_message(self.ws):  # no timeout can fire before a message that is already here
+            return await self.ws.recv()
         if self._drain_task is None:
             self._drain_task = asyncio.ensure_future(self.ctx.draining.wait())
-        recv = asyncio.ensure_future(self.ws.recv())
+            self._drain_task.add_done_callback(lambda _: self._interrupt_receive("drain"))
+            self._start_deadline.add_done_callback(lambda f: f.cancelled() or self._interrupt_receive("start"))
+        # Await the message in this task; the idle sleep, the start deadline and the drain cancel
+        # it (`_interrupt_receive`). One future per message, not a task for recv plus asyncio.wait:
+        # this runs for every audio frame of every stream.
+        self._receive_round += 1
+        this_round = self._receive_round
         idle = asyncio.ensure_future(self.ctx.sleep(self.ctx.config.idle_timeout_s))
-        waits = {recv, self._drain_task, idle} | (set() if self.started else {self._start_deadline})
+        idle.add_done_callback(lambda f: f.cancelled() or self._interrupt_receive("idle", this_round))
+        self._receiving = asyncio.current_task()
         try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            return await self.ws.recv()  # cancelling it is safe in websockets: a message is never half-consumed
+        except asyncio.CancelledError:
+            reason, self._interrupt = self._interrupt, None
+            if reason is None or _uncancel(self._receiving) > 0:
+                raise  # cancelled from outside (too)
+            if reason == "drain":
+                return None
+            raise self._timeout(reason) from None
         finally:
+            self._receiving = None
+            self._interrupt = None
             idle.cancel()
-        if recv in done:
-            return recv.result()
-        recv.cancel()  # safe in websockets: a message is never half-consumed
-        try:
-            await recv
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - we are leaving anyway
-            pass
-        if self._drain_task in done:
-            return None
-        if self._start_deadline in done and not self.started:
+
+    def _interrupt_receive(self, reason: str, round_: int | None = None) -> None:
+        """Cancel the `receive` in progress, saying why (`drain`, `start`, `idle`); an idle sleep
+        of an earlier `receive` (`round_`) or a start deadline after the start does nothing."""
+        if self._receiving is None or self._interrupt is not None:
+            return
+        if (round_ is not None and round_ != self._receive_round) or (reason == "start" and self.started):
+            return
+        self._interrupt = reason
+        self._receiving.cancel()
+
+    def _timeout(self, reason: str) -> ProtocolError:
+        if reason == "start":
             limit = self.ctx.config.start_timeout_s
-            raise ProtocolError("start_timeout", f"no stream started within {limit:g} s of connecting")
-        raise ProtocolError("idle_timeout", f"no message for {self.ctx.config.idle_timeout_s:g} s")
+            return ProtocolError("start_timeout", f"no stream started within {limit:g} s of connecting")
+        return ProtocolError("idle_timeout", f"no message for {self.ctx.config.idle_timeout_s:g} s")
 
     def _take_slot(self) -> None:
         """The stream starts: leave the waiting connections, take a session slot (or `server_busy`)."""
@@ -208,6 +234,26 @@ class Session:
         if self.started:
             self.ctx.metrics.session_closed()
         self.ctx.metrics.waiting = self.ctx.admission.waiting
+
+
+def _uncancel(task: asyncio.Task[Any]) -> int:
+    """`task.uncancel()`: the cancel requests left (Python 3.10 has no count: 0)."""
+    uncancel = getattr(task, "uncancel", None)
+    return uncancel() if uncancel is not None else 0
+
+
+def _buffered_message(ws: ServerConnection) -> bool:
+    """True when a complete message is buffered, so that `ws.recv()` returns it without waiting.
+
+    Reads websockets' incoming frame queue (`Connection.recv_messages.frames`); should that
+    internal change, this says False and `receive` takes its general path."""
+    frames = getattr(getattr(getattr(ws, "recv_messages", None), "frames", None), "queue", None)
+    if not frames:
+        return False
+    try:
+        return any(frame.fin for frame in frames)
+    except AttributeError:
+        return False
 
 
 def _address(ws: ServerConnection) -> str:

@@ -112,7 +112,8 @@ async def handle(session: Session) -> None:
                         "unknown_type", "text messages must be {\"config\": {...}} or {\"eof\" : 1}; audio is binary"
                     )
             if session.stream is None:
-                await session.open_stream(sample_rate=opts.sample_rate)  # the server's default settings
+                stream = await session.open_stream(sample_rate=opts.sample_rate)  # the server's default settings
+                stream.progress_every = None  # _collect takes results only
             if isinstance(message, bytes):
                 session.accept_audio(message)
                 await session.drain()

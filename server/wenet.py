@@ -115,6 +115,7 @@ async def handle(session: Session) -> None:
         obj = _parse(message)
         opts = parse_start_signal(obj)
         stream = await session.open_stream(sample_rate=opts.sample_rate)  # the server's default settings
+        stream.progress_every = None  # _pump sends results only
         await _send(session, {"status": "ok", "type": "server_ready"})
         pump = asyncio.create_task(_pump(session, stream, opts))
         while True:
