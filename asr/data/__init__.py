@@ -7,7 +7,7 @@ from asr.data.manifest import ManifestError, read_manifest, write_manifest
 from asr.data.sampler import DurationBatchSampler
 
 __all__ = [
-    "AsrDataset", "Batch", "collate", "load_row_audio", "DurationBatchSampler", "SpecAugmentConfig", "spec_augment",
-    "speed_perturb", "PrepareReport", "kaldi_to_manifest", "read_kaldi_dir", "ManifestError",
+    "AsrDataset", "Batch", "collate", "load_row_audio", "DurationBatchSampler", "SpecAugmentConfig",
+    "spec_augment", "speed_perturb", "PrepareReport", "kaldi_to_manifest", "read_kaldi_dir", "ManifestError",
     "read_manifest", "write_manifest",
 ]

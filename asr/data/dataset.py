@@ -4,8 +4,9 @@ Reading audio in the data loader workers and computing fbank on the training dev
 :class:`asr.features.Fbank`) keeps the loader light and the features identical to inference.
 A concatenated row (``audio`` a list of parts, :mod:`asr.data.manifest`) is read part by part and
 joined with its ``gap`` of silence (:func:`load_row_audio`), so the wave cache, which reads through
-this dataset, holds the same samples. A missing or corrupt audio file is reported with its utterance id and left out of the batch;
-:attr:`Batch.failed` carries it to the training loop, which counts it for the end-of-run summary.
+this dataset, holds the same samples. A missing or corrupt audio file is reported with its
+utterance id and left out of the batch; :attr:`Batch.failed` carries it to the training loop,
+which counts it for the end-of-run summary.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from asr.tokenizer import Tokenizer
 __all__ = ["Batch", "AsrDataset", "collate", "load_row_audio"]
 
 
-def load_row_audio(row: dict, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+def load_row_audio(row: dict) -> torch.Tensor:
     """The audio of a manifest row as 16 kHz mono float32 (N,).
 
     A plain row is ``load_audio(audio, start, end)``. A concatenated row (``audio`` a list) is its
-    parts in order, each cut by its ``start[i]`` / ``end[i]``, with ``round(gap * sample_rate)``
-    zero samples between consecutive parts.
+    parts in order, each cut by its ``start[i]`` / ``end[i]``, with ``round(gap * 16000)`` zero
+    samples between consecutive parts.
 
     Raises:
         AudioError: a part is missing, unreadable or truncated (the message names the file).
@@ -39,7 +40,7 @@ def load_row_audio(row: dict, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
         return load_audio(audio, row.get("start"), row.get("end"))
     starts = row.get("start") or [None] * len(audio)
     ends = row.get("end") or [None] * len(audio)
-    gap = torch.zeros(int(round((row.get("gap") or 0.0) * sample_rate)))
+    gap = torch.zeros(int(round((row.get("gap") or 0.0) * SAMPLE_RATE)))
     pieces: list[torch.Tensor] = []
     for k, (path, start, end) in enumerate(zip(audio, starts, ends)):
         if k and gap.numel():

@@ -23,6 +23,13 @@ be shorter than ``--min``). ``asr decode`` reads plain rows, so each segment is 
         --out egs/default/data/manifests/long_train.jsonl --draws 3
     python egs/default/local/long_segments.py --devtest --corpora ../shared/corpora \\
         --out egs/default/data/devtest_long --sets librispeech_dev
+
+Scoring the offline decoder on them, before and after a fine-tune (conf/offline_long.yaml): with
+``--block-ms full`` the recognizer encodes the whole recording at once and runs one joint beam search
+over it (at a block size the endpointer would cut it into segments of at most 20 s):
+
+    SETS="librispeech_dev_long=data/devtest_long/librispeech_dev.jsonl" DECODERS="offline:full:2" \\
+        OUT=exp/eval_long egs/default/local/evaluate.sh MODEL_DIR
 """
 
 from __future__ import annotations
