@@ -329,3 +329,52 @@ def test_offline_long_config_loads():
     same = dataclasses.replace(enc, train_block_sizes=sar.model.encoder.train_block_sizes,
                                train_left_blocks=sar.model.encoder.train_left_blocks, bpt=None)
     assert dataclasses.replace(cfg.model, encoder=same) == sar.model  # init's weights fit
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CORPORA.is_dir(), reason="shared/corpora not found")
+def test_recipe_trains_offline_long_for_a_step_and_exports(tmp_path):
+    """`run.sh --model offline_long --stage 2 --stop-stage 3 --train-seconds S` on CPU, in a copy of
+    egs/default whose data/ holds two long segments and a few utterances (the shipped model, ~2 min)."""
+    import shutil
+    import subprocess
+
+    from asr.audio import audio_duration
+
+    for name in ("asr", "blockasr", "recipes", "models", "streaming"):
+        (tmp_path / name).symlink_to(REPO / name)
+    egs = tmp_path / "egs" / "default"
+    shutil.copytree(REPO / "egs" / "default" / "conf", egs / "conf")
+    shutil.copytree(REPO / "egs" / "default" / "local", egs / "local")
+    conf = egs / "conf" / "offline_long.yaml"  # one step, whatever the machine's speed
+    conf.write_text(conf.read_text().replace("max_steps: 1000000 ", "max_steps: 1 "))
+    assert "max_steps: 1 " in conf.read_text()
+    shutil.copy(REPO / "egs" / "default" / "run.sh", egs / "run.sh")
+    man = egs / "data" / "manifests"
+    sets = ls.train_rows_from_kaldi(CORPORA)
+    small = {c: rows[:12] for c, rows in sets.items()}
+    for rows in small.values():
+        for r in rows:
+            r["duration"] = round(audio_duration(r["audio"]), 4)
+    for name, corpus in (("speechocean762_train", "speechocean762"), ("speechocean762_dev", "speechocean762"),
+                         ("librispeech-mini_train", "librispeech-mini"), ("an4_train", "an4"),
+                         ("ljspeech-part_train", "ljspeech-part")):
+        write_manifest(man / f"{name}.jsonl", small[corpus][:2])
+    long = ls.long_rows({"librispeech-mini": small["librispeech-mini"]}, 60, 80, 0.2)[:2]
+    assert len(long) == 2
+    write_manifest(man / "long_train.jsonl", long)
+    write_manifest(man / "valid.jsonl", small["an4"][4:6])
+    import numpy as np
+
+    np.save(egs / "data" / "rirs.npy", np.exp(-np.arange(400) / 50.0)[None].astype(np.float32))
+    env = {**__import__("os").environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(["bash", str(egs / "run.sh"), "--model", "offline_long", "--stage", "2", "--stop-stage", "3",
+                           "--train-seconds", "3600"], capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = egs / "exp" / "offline_long"
+    with open(exp / "train.csv") as f:
+        steps = list(csv.DictReader(f))
+    assert [r["step"] for r in steps] == ["1"] and float(steps[0]["loss"]) > 0
+    exported = yaml.safe_load((exp / "model" / "config.yaml").read_text())["model"]["encoder"]
+    assert exported["bpt"] == {"query_block": 2048, "key_block": 2048, "frame_block": 1024}
+    assert exported["train_block_sizes"] == [None]
