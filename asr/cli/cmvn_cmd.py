@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from asr.audio import AudioError, load_audio
+    from asr.audio import AudioError
+    from asr.data import load_row_audio
     from asr.data.manifest import read_manifest
     from asr.features import CmvnAccumulator, Fbank, FbankConfig
 
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     errors = 0
     for row in tqdm(rows, desc="cmvn", unit="utt"):
         try:
-            wave = load_audio(row["audio"], row.get("start"), row.get("end"))
+            wave = load_row_audio(row)
         except AudioError as e:
             print(f"error: {row['id']}: {e}", file=sys.stderr)
             errors += 1

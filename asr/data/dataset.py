@@ -2,8 +2,11 @@
 
 Reading audio in the data loader workers and computing fbank on the training device (batched, see
 :class:`asr.features.Fbank`) keeps the loader light and the features identical to inference.
-A missing or corrupt audio file is reported with its utterance id and left out of the batch;
-:attr:`Batch.failed` carries it to the training loop, which counts it for the end-of-run summary.
+A concatenated row (``audio`` a list of parts, :mod:`asr.data.manifest`) is read part by part and
+joined with its ``gap`` of silence (:func:`load_row_audio`), so the wave cache, which reads through
+this dataset, holds the same samples. A missing or corrupt audio file is reported with its
+utterance id and left out of the batch; :attr:`Batch.failed` carries it to the training loop,
+which counts it for the end-of-run summary.
 """
 
 from __future__ import annotations
@@ -15,11 +18,35 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from asr.audio import AudioError, load_audio
+from asr.audio import SAMPLE_RATE, AudioError, load_audio
 from asr.data.augment import speed_perturb
 from asr.tokenizer import Tokenizer
 
-__all__ = ["Batch", "AsrDataset", "collate"]
+__all__ = ["Batch", "AsrDataset", "collate", "load_row_audio"]
+
+
+def load_row_audio(row: dict) -> torch.Tensor:
+    """The audio of a manifest row as 16 kHz mono float32 (N,).
+
+    A plain row is ``load_audio(audio, start, end)``. A concatenated row (``audio`` a list) is its
+    parts in order, each cut by its ``start[i]`` / ``end[i]``, with ``round(gap * 16000)`` zero
+    samples between consecutive parts.
+
+    Raises:
+        AudioError: a part is missing, unreadable or truncated (the message names the file).
+    """
+    audio = row["audio"]
+    if isinstance(audio, str):
+        return load_audio(audio, row.get("start"), row.get("end"))
+    starts = row.get("start") or [None] * len(audio)
+    ends = row.get("end") or [None] * len(audio)
+    gap = torch.zeros(int(round((row.get("gap") or 0.0) * SAMPLE_RATE)))
+    pieces: list[torch.Tensor] = []
+    for k, (path, start, end) in enumerate(zip(audio, starts, ends)):
+        if k and gap.numel():
+            pieces.append(gap)
+        pieces.append(load_audio(path, start, end))
+    return torch.cat(pieces)
 
 
 @dataclass
@@ -74,7 +101,7 @@ class AsrDataset(Dataset):
     def __getitem__(self, i: int):
         row = self.rows[i]
         try:
-            wave = load_audio(row["audio"], row.get("start"), row.get("end"))
+            wave = load_row_audio(row)
         except AudioError as e:
             return row["id"], None, str(e)
         wave = speed_perturb(wave, self.speed(i))

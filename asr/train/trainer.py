@@ -142,12 +142,13 @@ class Trainer:
         if self.cfg.data.cmvn:
             cmvn = GlobalCMVN.load(self.cfg.data.cmvn)
         else:
-            from asr.audio import AudioError, load_audio
+            from asr.audio import AudioError
+            from asr.data import load_row_audio
 
             acc = CmvnAccumulator(self.cfg.features.num_mel_bins)
             for r in self.train_rows[:: max(1, len(self.train_rows) // 500)]:
                 try:
-                    wave = load_audio(r["audio"], r.get("start"), r.get("end")).to(self.device)
+                    wave = load_row_audio(r).to(self.device)
                 except AudioError:
                     continue  # the data loader names and counts it when training reaches it
                 feats, lens = self.fbank(wave[None], torch.tensor([wave.numel()], device=self.device))

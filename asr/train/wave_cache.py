@@ -6,6 +6,11 @@ read once, as int16 in one flat tensor on the device (10 h of 16 kHz audio = 1.1
 gathered by indexing, speed-perturbed by resampling on the device (the same factor per (epoch,
 utterance) as the waveform path, :meth:`AsrDataset.speed`), padded, and handed to the trainer,
 which augments it (:func:`asr.data.wave_augment.augment_waves`) and computes fbank there.
+
+Concatenated rows (long segments, :mod:`asr.data.manifest`) are read through the dataset like any
+row, so the cache holds each as one stretch of samples. Reading batches are bounded by padded
+seconds as well as by count: 64 rows of 300 s would make 1.2 GB float32 batches in every
+loader worker's queue.
 """
 
 from __future__ import annotations
@@ -32,12 +37,14 @@ class WaveCache:
         device: where the cache lives.
         sample_rate: of the audio (16 kHz).
         num_workers: processes reading audio while the cache is built.
+        read_batch, read_seconds: rows per reading batch, and the bound on its padded seconds
+            (longest row x rows; the default lets 64 rows of up to 30 s through, as before).
         pad_to: batch lengths are rounded up to a multiple of this many samples, so that the model
             sees few distinct shapes (kernel plans and caches are reused).
     """
 
     def __init__(self, dataset: AsrDataset, device: torch.device, sample_rate: int = 16000, num_workers: int = 2,
-                 read_batch: int = 64, pad_to: int = 5120, progress: bool = True):
+                 read_batch: int = 64, pad_to: int = 5120, progress: bool = True, read_seconds: float = 1920.0):
         self.dataset, self.device, self.sample_rate, self.pad_to = dataset, device, sample_rate, pad_to
         n = len(dataset)
         self.offsets = [0] * n
@@ -46,7 +53,8 @@ class WaveCache:
         self.errors: dict[int, str] = {}
         chunks, total = [], 0
         plain = _ByIndex(AsrDataset(dataset.rows, dataset.tokenizer, (1.0,), seed=dataset.seed))
-        loader = DataLoader(plain, batch_size=read_batch, collate_fn=collate, num_workers=num_workers,
+        batches = _reading_batches(dataset.durations, read_batch, read_seconds)
+        loader = DataLoader(plain, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
                             prefetch_factor=4 if num_workers else None, generator=torch.Generator().manual_seed(0))
         bar = tqdm(total=n, desc="wave cache", unit="utt", disable=not progress)
         for batch in loader:
@@ -99,3 +107,20 @@ class WaveCache:
         n = -(-x.shape[1] // self.pad_to) * self.pad_to
         x = torch.nn.functional.pad(x, (0, n - x.shape[1]))
         return Batch(ids, x, lens, pad_sequence(toks, batch_first=True), token_lens, failed)
+
+
+def _reading_batches(durations: list[float], max_rows: int, max_seconds: float) -> list[list[int]]:
+    """Consecutive indices in batches of at most ``max_rows`` rows and ``max_seconds`` padded
+    seconds (a row longer than ``max_seconds`` is a batch of its own)."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    longest = 0.0
+    for i, d in enumerate(durations):
+        if batch and (len(batch) >= max_rows or max(longest, d) * (len(batch) + 1) > max_seconds):
+            batches.append(batch)
+            batch, longest = [], 0.0
+        batch.append(i)
+        longest = max(longest, d)
+    if batch:
+        batches.append(batch)
+    return batches

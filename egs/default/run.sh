@@ -6,7 +6,8 @@
 #
 #   ./run.sh [--stage N] [--stop-stage M] [--corpora DIR] [--prompts FILE] [--train-seconds S] [--gpus G] [--init DIR]
 #
-# Stages: 0 prepare (local/prepare.py: real speech to WAV, synthetic speech, manifests),
+# Stages: 0 prepare (local/prepare.py: real speech to WAV, synthetic speech, manifests; then
+# local/long_segments.py: long_train.jsonl, 60-300 s segments for conf/offline_long.yaml),
 # 1 tokenizer, 2 train (resumes; with --train-seconds S it stops cleanly after S seconds, so running
 # it again continues), 3 average the last checkpoints and export a float16 model directory
 # (exp/sar/model). The GPU machine runs it through device.sh; local/make_carry.py builds the
@@ -55,6 +56,9 @@ main() {
       once "$data/.synth.done" "$python" local/prepare.py "${args[@]}" --synth-only
     else
       once "$data/.prepare.done" "$python" local/prepare.py "${args[@]}" --corpora "$corpora"
+      # long segments of the real training speech (conf/offline_long.yaml; a few seconds)
+      once "$data/.long.done" "$python" local/long_segments.py --manifests "$data/manifests" \
+        --out "$data/manifests/long_train.jsonl" --draws 3
     fi
   fi
   if in_stages 1; then
