@@ -27,11 +27,12 @@
 # local/lease.sh: stage 0 (prepare) and the train-step benchmark, training until END_S - 60 s
 # (local/train_timed.py), then averaging and a float16 export. env: MODEL (conf/<MODEL>.yaml).
 #
-# The LM text (local/train_lm.sh stage 0, run here: tar czf .carry/p2/lm-text.tgz -C egs/default
-# data/lm) travels with a part; `setup` then trains the external LM (conf/lm_large.yaml) and
-# the SAR LM subnetwork's text pre-training (conf/lm_sar.yaml) on the GPU while the CPUs synthesise,
-# one after the other; the next call after they finish brings back lm/<conf>/ (float16, with
-# perplexity-free logs: run train_lm.sh stage 2 here on the result).
+# The LM text (local/train_lm.sh stage 0, run here: tar czf .carry/p0/lm-text.tgz -C egs/default
+# data/lm) travels in any part; once soundfile can load (the .tts debs, or only libsndfile's in
+# .carry/sf: asr.train imports it), `setup` trains the external LM (conf/lm_large.yaml) and the SAR
+# LM subnetwork's text pre-training (conf/lm_sar.yaml) on the GPU, one after the other, while the
+# CPUs synthesise; the next call after they finish brings back lm/<conf>/ (the float16 LM
+# directory, train.csv, valid.csv; run train_lm.sh stage 2 here for the perplexities).
 set -uo pipefail
 root=$(pwd)
 out=${OUT:-/tmp/out}
@@ -56,6 +57,10 @@ unpack() {
   if [ -d .whl ] && [ ! -f /tmp/site/.done ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       && touch /tmp/site/.done || exit 1
+  fi
+  if [ -d .carry/sf ] && [ ! -e $L/libsndfile.so ]; then  # libsndfile and its codecs alone, without .tts
+    for f in .carry/sf/*.deb; do dpkg -x "$f" /tmp/tts; done
+    ln -sf libsndfile.so.1 $L/libsndfile.so
   fi
   mkdir -p /tmp/carry $data
   for part in .carry/p*/corpora-*.tgz; do
@@ -119,7 +124,7 @@ case "${1:-}" in
         --prompts /tmp/carry/prompts.txt.gz > $lease/synth.log 2>&1; touch $lease/synth.done" > /dev/null 2>&1 &
       echo "synthesis started"
     fi
-    if [ ! -f $lease/lm.started ] && [ -f $data/lm/.text.done ]; then
+    if [ ! -f $lease/lm.started ] && [ -f $data/lm/.text.done ] && [ -e $L/libsndfile.so ]; then
       touch $lease/lm.started
       setsid nohup bash -c "for c in lm_large lm_sar; do
           bash egs/default/local/train_lm.sh --stage 1 --stop-stage 1 --config conf/\$c.yaml --device cuda \
