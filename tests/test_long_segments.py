@@ -20,7 +20,8 @@ from asr.features import Fbank, FbankConfig
 from asr.models import DecoderConfig, LMConfig, ModelConfig, SARConfig, build_model
 from asr.tokenizer import train_tokenizer
 from asr.train import Trainer, load_experiment
-from asr.train.wave_cache import WaveCache, _reading_batches
+from asr.data.sampler import pack_batches
+from asr.train.wave_cache import WaveCache
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "egs" / "default" / "local"))
@@ -136,11 +137,11 @@ def test_wave_cache_holds_the_concatenation(parts, tmp_path):
 
 def test_reading_batches_bound_rows_and_padded_seconds():
     durations = [5.0] * 10 + [300.0] * 5 + [2.0] * 3
-    batches = _reading_batches(durations, max_rows=4, max_seconds=610.0)
+    batches = pack_batches(range(len(durations)), durations, max_seconds=610.0, max_rows=4)
     assert [i for b in batches for i in b] == list(range(18))
     assert all(len(b) <= 4 and max(durations[i] for i in b) * len(b) <= 610 for b in batches)
-    assert _reading_batches([5.0] * 130, 64, 1920.0) == [list(range(64)), list(range(64, 128)), [128, 129]]
-    assert _reading_batches([700.0, 1.0], 64, 600.0) == [[0], [1]]  # a row longer than the bound alone
+    assert pack_batches(range(130), [5.0] * 130, 1920.0, 64) == [list(range(64)), list(range(64, 128)), [128, 129]]
+    assert pack_batches(range(2), [700.0, 1.0], 600.0, 64) == [[0], [1]]  # a row longer than the bound alone
 
 
 def test_plan_runs_bounds_and_order():

@@ -84,6 +84,14 @@ async def _until(condition) -> None:
     raise AssertionError("condition not reached")
 
 
+async def _waiting_receive(session: Session, clock: FakeClock) -> asyncio.Future:
+    """A started session's `receive`, once it waits (its 30 s idle sleep is pending)."""
+    session._take_slot()
+    task = asyncio.ensure_future(session.receive())
+    await _until(lambda: clock.sleeping(30.0) == 1)
+    return task
+
+
 def test_buffered_messages_come_in_order_without_waiting() -> None:
     async def main():
         session, ws = _session(FakeClock())
@@ -103,9 +111,7 @@ def test_message_after_a_wait_and_a_stale_idle_sleep() -> None:
 
     async def main():
         session, ws = _session(clock)
-        session._take_slot()
-        task = asyncio.ensure_future(session.receive())
-        await _until(lambda: clock.sleeping(30.0) == 1)
+        task = await _waiting_receive(session, clock)
         ws.push(b"a")
         first = await task
         task = asyncio.ensure_future(session.receive())
@@ -122,9 +128,7 @@ def test_idle_timeout_start_deadline_and_drain_interrupt_a_wait() -> None:
 
     async def main():
         idle, ws = _session(clock)
-        idle._take_slot()
-        task = asyncio.ensure_future(idle.receive())
-        await _until(lambda: clock.sleeping(30.0) == 1)
+        task = await _waiting_receive(idle, clock)
         clock.advance(30.0)
         with pytest.raises(ProtocolError) as idle_error:
             await task
@@ -137,9 +141,7 @@ def test_idle_timeout_start_deadline_and_drain_interrupt_a_wait() -> None:
             await task
 
         draining, ws = _session(clock)
-        draining._take_slot()
-        task = asyncio.ensure_future(draining.receive())
-        await _until(lambda: clock.sleeping(30.0) == 1)
+        task = await _waiting_receive(draining, clock)
         draining.ctx.draining.set()
         drained = await task
         ws.push(b"late")  # after the drain, receive says None at once
@@ -153,9 +155,7 @@ def test_a_cancel_from_outside_is_not_swallowed() -> None:
 
     async def main():
         session, ws = _session(clock)
-        session._take_slot()
-        task = asyncio.ensure_future(session.receive())
-        await _until(lambda: clock.sleeping(30.0) == 1)
+        task = await _waiting_receive(session, clock)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

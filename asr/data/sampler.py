@@ -5,7 +5,27 @@ from __future__ import annotations
 import random
 from typing import Iterator, Sequence
 
-__all__ = ["DurationBatchSampler"]
+__all__ = ["DurationBatchSampler", "pack_batches"]
+
+
+def pack_batches(indices: Sequence[int], durations: Sequence[float], max_seconds: float,
+                 max_rows: int | None = None) -> list[list[int]]:
+    """``indices`` in their order, cut into batches of at most ``max_seconds`` padded seconds
+    (longest row x rows) and ``max_rows`` rows; a row longer than ``max_seconds`` is a batch alone."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    longest = 0.0
+    for i in indices:
+        d = durations[i]
+        full = max_rows is not None and len(batch) >= max_rows
+        if batch and (max(longest, d) * (len(batch) + 1) > max_seconds or full):
+            batches.append(batch)
+            batch, longest = [], 0.0
+        batch.append(i)
+        longest = max(longest, d)
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 class DurationBatchSampler:
@@ -49,18 +69,7 @@ class DurationBatchSampler:
         batches: list[list[int]] = []
         for p in range(0, len(order), pool):
             chunk = sorted(order[p:p + pool], key=lambda i: self.durations[i])
-            batch: list[int] = []
-            longest = 0.0
-            for i in chunk:
-                d = self.durations[i]
-                full = self.max_utterances is not None and len(batch) >= self.max_utterances
-                if batch and (max(longest, d) * (len(batch) + 1) > self.max_seconds or full):
-                    batches.append(batch)
-                    batch, longest = [], 0.0
-                batch.append(i)
-                longest = max(longest, d)
-            if batch:
-                batches.append(batch)
+            batches += pack_batches(chunk, self.durations, self.max_seconds, self.max_utterances)
         if self.shuffle:
             rng.shuffle(batches)
         usable = len(batches) - len(batches) % self.num_replicas if self.num_replicas > 1 else len(batches)

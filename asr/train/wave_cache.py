@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from asr.audio import resample
 from asr.data import AsrDataset, Batch, collate
+from asr.data.sampler import pack_batches
 from asr.train.feature_cache import _ByIndex
 
 __all__ = ["WaveCache"]
@@ -53,7 +54,7 @@ class WaveCache:
         self.errors: dict[int, str] = {}
         chunks, total = [], 0
         plain = _ByIndex(AsrDataset(dataset.rows, dataset.tokenizer, (1.0,), seed=dataset.seed))
-        batches = _reading_batches(dataset.durations, read_batch, read_seconds)
+        batches = pack_batches(range(n), dataset.durations, read_seconds, read_batch)  # in order
         loader = DataLoader(plain, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
                             prefetch_factor=4 if num_workers else None, generator=torch.Generator().manual_seed(0))
         bar = tqdm(total=n, desc="wave cache", unit="utt", disable=not progress)
@@ -107,20 +108,3 @@ class WaveCache:
         n = -(-x.shape[1] // self.pad_to) * self.pad_to
         x = torch.nn.functional.pad(x, (0, n - x.shape[1]))
         return Batch(ids, x, lens, pad_sequence(toks, batch_first=True), token_lens, failed)
-
-
-def _reading_batches(durations: list[float], max_rows: int, max_seconds: float) -> list[list[int]]:
-    """Consecutive indices in batches of at most ``max_rows`` rows and ``max_seconds`` padded
-    seconds (a row longer than ``max_seconds`` is a batch of its own)."""
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    longest = 0.0
-    for i, d in enumerate(durations):
-        if batch and (len(batch) >= max_rows or max(longest, d) * (len(batch) + 1) > max_seconds):
-            batches.append(batch)
-            batch, longest = [], 0.0
-        batch.append(i)
-        longest = max(longest, d)
-    if batch:
-        batches.append(batch)
-    return batches
