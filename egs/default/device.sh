@@ -22,7 +22,7 @@
 # the run starts from (`init`).
 #
 # Every call leaves in $OUT what the run has so far: log.txt, train.csv, valid.csv, sessions.jsonl,
-# the train-step benchmark; once the run has ended, also model.pt in parts under 16 MB
+# the train-step benchmark; once the main run is exported, also model.pt in parts under 16 MB
 # (model.pt.part-NN; `cat` them) and results.tgz (configs, logs, curves, CMVN). The run itself is
 # local/lease.sh: stage 0 (prepare) and the train-step benchmark, training until END_S - 60 s
 # (local/train_timed.py), then averaging and a float16 export. env: MODEL (conf/<MODEL>.yaml).
@@ -87,7 +87,7 @@ report() {  # what the run has so far, into $OUT
   cp $lease/log.txt "$out"/ 2>/dev/null
   for f in train.csv valid.csv sessions.jsonl; do cp $exp/$f "$out"/ 2>/dev/null; done
   cp benchmarks/results/train_step_cuda.md "$out"/ 2>/dev/null
-  if [ -f $lease/done ]; then
+  if [ -f $lease/main.done ] || [ -f $lease/done ]; then  # main.done: the main run is exported
     [ -f $exp/model/model.pt ] && split -b 15000000 -d $exp/model/model.pt "$out/model.pt.part-"
     tar czf "$out/results.tgz" --ignore-failed-read $exp/config.yaml $exp/cmvn.json $exp/train.csv $exp/valid.csv \
       $exp/curves.png $exp/sessions.jsonl $exp/model/config.yaml $exp/model/tokenizer.model \

@@ -8,9 +8,11 @@
 # comparison of each other (conf/contextual.yaml against conf/plain.yaml).
 # Lease 6 (2026-12-02) started all three at once: their wave caches, built at the same time with
 # 16 threads each on 16 cores, took 694 s instead of 116 s, and the two extra runs were killed
-# before their first step. So they now start one after the other, each once the run before it has
-# its wave cache on the GPU, with 4 threads each, and each trains for the same seconds (the main
-# run's less 6 min, which the staggered starts must fit in; not yet tried on a lease).
+# before their first step. So the extra runs now start together once the main run has its wave
+# cache on the GPU ("wave cache: ... GiB on", not tqdm's bar of the same name), with 6 threads each,
+# and each trains until the main run's training ends: the same seconds for each of them (a fair
+# comparison of each other), fewer than the main run's. The main model is reported as soon as it
+# is exported (main.done), whether or not the extra runs have finished.
 set -uo pipefail
 end=$1
 model=$2
@@ -43,16 +45,17 @@ fi
 train=$(( $(left) - 70 ))
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # several runs share the GPU's memory
 pids=()
-before=$lease/log.txt  # the log that shows when the run before has its wave cache
+train_end=$(( $(date +%s) + train ))  # when the main run's training stops
 for m in $also; do
   grep -q "cudnn_attention: false" conf/$m.yaml || sed -i "s/cudnn_attention: true/cudnn_attention: false/" conf/$m.yaml
-  ( until grep -q "wave cache" "$before"; do sleep 5; done
-    OMP_NUM_THREADS=4 ./run.sh --stage 2 --stop-stage 2 --model "$m" --train-seconds $(( train - 360 )) \
+  ( until grep -q "wave cache: .* GiB on" $lease/log.txt; do sleep 5; done
+    secs=$(( train_end - $(date +%s) - 20 ))
+    echo "training $m for $secs s"
+    OMP_NUM_THREADS=6 ./run.sh --stage 2 --stop-stage 2 --model "$m" --train-seconds "$secs" \
       || echo "training $m failed"
     ./run.sh --stage 3 --stop-stage 3 --model "$m" --average-num 5 || echo "export $m failed"
     echo "$m done: $(left) s left" ) > $lease/$m.log 2>&1 &
   pids+=($!)
-  before=$lease/$m.log
   echo "also training $m (from scratch, log $lease/$m.log)"
 done
 if [ "$train" -gt 30 ]; then
@@ -62,6 +65,7 @@ if [ "$train" -gt 30 ]; then
 fi
 echo "trained: $(left) s left"
 ./run.sh --stage 3 --stop-stage 3 --model "$model" --average-num 5 || echo "export failed"
+touch $lease/main.done
 [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
 for m in $also; do tail -n 1 $lease/$m.log; done
 echo "lease done: $(left) s left"
