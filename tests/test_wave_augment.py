@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from asr.data.wave_augment import (WaveAugmentConfig, add_noise, augment_waves, coloured_noise, reverberate,
-                                   telephone)
+import torchaudio.functional as AF
+
+from asr.data.wave_augment import (WaveAugmentConfig, add_noise, augment_waves, coloured_noise, fft_convolve,
+                                   fft_size, reverberate, telephone)
 
 
 def _batch(lens=(16000, 12000, 8000), seed=0):
@@ -41,6 +43,19 @@ def test_coloured_noise_slope():
     low, high = spec[:, 100:400].mean(1), spec[:, 10000:20000].mean(1)
     assert float(low[0] / high[0]) == pytest.approx(1.0, rel=0.3)  # white
     assert float(low[1] / high[1]) > 100  # brown: power falls as 1/f^2
+
+
+def test_fft_size_is_the_least_smooth_length():
+    smooth = sorted(2**a * 3**b for a in range(30) for b in range(20))
+    for n in list(range(1, 3000)) + [320799, 1_000_001]:
+        assert fft_size(n) == next(m for m in smooth if m >= n)
+
+
+def test_fft_convolve_equals_the_direct_convolution():
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(3, 1237, generator=g, dtype=torch.float64), torch.randn(3, 301, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(fft_convolve(x, y), AF.convolve(x, y), atol=1e-10, rtol=0)
+    assert fft_convolve(x, y).shape == (3, 1237 + 301 - 1)
 
 
 def test_reverberation_with_a_delayed_impulse_is_the_identity():

@@ -12,6 +12,11 @@ Each utterance of the batch independently gets, with the probabilities of :class
 4. a telephone channel: band-limited to 8 kHz sampling (300-3400 Hz speech band) and back, with
    8-bit mu-law quantisation.
 
+Every FFT runs at a length from a small fixed set (:func:`fft_size`, 2^a 3^b), whatever the padded
+batch length: cuFFT keeps one plan with its own work area per length, and with a new length for
+almost every batch the plans grew until a training run on a shared H200 failed with
+``CUFFT_INTERNAL_ERROR`` after 3,000 steps (lease 7, 2026-12-02, four runs on one GPU).
+
 Padding stays zero. Random numbers come from one CUDA/CPU generator seeded from the caller's CPU
 generator, so a run that saves that generator resumes with the same augmentation.
 """
@@ -23,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torchaudio.functional as AF
 
-__all__ = ["WaveAugmentConfig", "augment_waves", "coloured_noise", "add_noise", "reverberate", "telephone"]
+__all__ = ["WaveAugmentConfig", "augment_waves", "coloured_noise", "add_noise", "reverberate", "telephone",
+           "fft_size", "fft_convolve"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,24 @@ class WaveAugmentConfig:
     telephone_prob: float = 0.1
 
 
+def fft_size(n: int) -> int:
+    """The smallest 2^a 3^b >= n: a fast cuFFT/pocketfft length, from a set of few sizes (about 130
+    below 2^20), so that the plans of earlier batches serve the next ones."""
+    best, p3 = 1 << max(n - 1, 0).bit_length(), 3  # 2^a alone, then 2^a 3^b for b = 1, 2, ...
+    while p3 < best:
+        times_p3 = p3 << ((n - 1) // p3).bit_length() if n > p3 else p3  # the least 2^a p3 >= n
+        best, p3 = min(best, times_p3), p3 * 3
+    return best
+
+
+def fft_convolve(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Full linear convolution of the rows of ``x`` (B, N) and ``y`` (B, L): (B, N + L - 1), through
+    FFTs of length :func:`fft_size` (the zero padding beyond N + L - 1 leaves the result exact)."""
+    n = x.shape[-1] + y.shape[-1] - 1
+    m = fft_size(n)
+    return torch.fft.irfft(torch.fft.rfft(x, n=m) * torch.fft.rfft(y, n=m), n=m)[..., :n]
+
+
 def _uniform(lo: float, hi: float, n: int, g: torch.Generator, device) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
 
@@ -53,11 +77,12 @@ def _valid(lens: torch.Tensor, n: int) -> torch.Tensor:
 def coloured_noise(shape: tuple[int, int], beta: torch.Tensor, g: torch.Generator, device) -> torch.Tensor:
     """Gaussian noise (B, N) whose power spectrum falls as ``1 / f^beta`` (beta (B,)); unit variance."""
     B, N = shape
-    white = torch.randn(B, N, generator=g, device=device)
+    M = fft_size(N)  # shaped at a fixed FFT length, then cut to N (see the module's docstring)
+    white = torch.randn(B, M, generator=g, device=device)
     spec = torch.fft.rfft(white, dim=1)
     f = torch.arange(spec.shape[1], device=device).clamp(min=1).float()
     spec = spec * f[None, :].pow(-beta[:, None] / 2)
-    noise = torch.fft.irfft(spec, n=N, dim=1)
+    noise = torch.fft.irfft(spec, n=M, dim=1)[:, :N]
     return noise / noise.std(dim=1, keepdim=True).clamp(min=1e-8)
 
 
@@ -75,7 +100,7 @@ def reverberate(waves: torch.Tensor, lens: torch.Tensor, rirs: torch.Tensor) -> 
     """Convolve each utterance (B, N) with its impulse response (B, L), aligned on the response's
     peak (the direct path), with the output power matched to the input's."""
     peak = rirs.abs().argmax(dim=1)  # (B,)
-    wet = AF.fftconvolve(waves, rirs)  # (B, N + L - 1)
+    wet = fft_convolve(waves, rirs)  # (B, N + L - 1)
     idx = torch.arange(waves.shape[1], device=waves.device)[None, :] + peak[:, None]
     wet = wet.gather(1, idx)
     valid = _valid(lens, waves.shape[1]).float()
