@@ -36,6 +36,15 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
 _MODEL_FILES = ("config.yaml", "model.pt", "tokenizer.model")
 
 DECODERS = ("ctc", "sar", "bsbs", "offline")
+LM_DECODERS = ("bsbs", "offline")  # the decoders that fuse an external LM
+
+# --lm on the command line: a directory, "auto" (the default: the model directory's own LM, its
+# lm/ folder, for the decoders that fuse one) or "none".
+LM_AUTO, LM_NONE = "auto", "none"
+# The fusion weight when an LM is used and --lm-weight is not given: the best of 0.2/0.4/0.6/0.8 on
+# speechocean762 dev-test and librispeech-mini dev with BSBS (benchmarks/results/lm_fusion.md:
+# 34.8 -> 30.8 % and 46.4 -> 36.1 %; an4 3.2 -> 2.9 %).
+DEFAULT_LM_WEIGHT = 0.4
 
 # The fields a server session may set in its start message; the others (model, LM, device,
 # threads) are the server's, fixed when it loads the model.
@@ -235,8 +244,10 @@ _HELP = {
     "ctc_beam": "ctc decoder: final result by CTC prefix beam search of this width (default {default} = greedy)",
     "ctc_weight": "CTC weight in joint searches (default {default})",
     "length_bonus": "per-token score bonus in the beam searches (default {default})",
-    "lm": "LM directory (asr train-lm) for shallow fusion in bsbs/offline; same tokenizer as the model",
-    "lm_weight": "shallow-fusion weight (default 0.3 with --lm)",
+    "lm": "LM directory (asr train-lm) for shallow fusion in bsbs/offline, same tokenizer as the model; "
+          "'auto': the model directory's own LM (its lm/ folder, as models/default has) when the decoder "
+          "is bsbs or offline; 'none': no LM (default {default})",
+    "lm_weight": f"shallow-fusion weight (default {DEFAULT_LM_WEIGHT} with an LM)",
     "session_context": "carry up to N tokens of the earlier segments' finals of the same stream into the next "
                        "segment: the LM's fusion context for bsbs/offline (needs --lm; PagedEviction keeps it "
                        "bounded), the label context of the SAR decoder (default: none, each segment alone)",
@@ -249,7 +260,7 @@ _HELP = {
 
 
 _METAVAR = {"model": "DIR", "decoder": "|".join(DECODERS), "block_ms": "MS|full", "left_blocks": "N|none",
-            "ctc_weight": "W", "length_bonus": "B", "lm": "DIR", "lm_weight": "W", "device": "DEVICE"}
+            "ctc_weight": "W", "length_bonus": "B", "lm": "DIR|auto|none", "lm_weight": "W", "device": "DEVICE"}
 
 
 def _flag(name: str) -> str:
@@ -261,7 +272,7 @@ def add_inference_arguments(p: argparse.ArgumentParser, defaults: InferenceConfi
     one per :class:`InferenceConfig` field; read them back with :func:`inference_config_from_args`."""
     g = p.add_argument_group("model and decoding (the same flags for asr transcribe, decode and serve)")
     for f in dataclasses.fields(InferenceConfig):
-        default = None if f.name == "lm_weight" else getattr(defaults, f.name)  # lm_weight: see from_args
+        default = {"lm_weight": None, "lm": LM_AUTO}.get(f.name, getattr(defaults, f.name))  # see from_args
         # "%(default)s" also keeps ArgumentDefaultsHelpFormatter from adding a second default
         shown = "%(default)s"
         if default is None:
@@ -289,19 +300,42 @@ def session_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def inference_config_from_args(args: argparse.Namespace) -> InferenceConfig:
+def model_lm_dir(model: str | None) -> Path | None:
+    """The model directory's own LM (``<model>/lm`` holding an LM directory's files), or None."""
+    lm = Path(model or DEFAULT_MODEL_DIR) / "lm"
+    return lm if all((lm / f).is_file() for f in _MODEL_FILES) else None
+
+
+def resolve_lm(text: str | None, model: str | None, decoder: str, serving: bool = False) -> str | None:
+    """The LM directory that ``--lm TEXT`` means: a directory as given; ``none`` (or None): no LM;
+    ``auto``: the model's own LM (:func:`model_lm_dir`) when ``decoder`` fuses one, or always when
+    ``serving`` (a server's sessions may ask for bsbs or offline whatever its default decoder)."""
+    if text is None or text == LM_NONE:
+        return None
+    if text != LM_AUTO:
+        return text
+    if not serving and decoder not in LM_DECODERS:
+        return None
+    found = model_lm_dir(model)
+    return None if found is None else str(found)
+
+
+def inference_config_from_args(args: argparse.Namespace, serving: bool = False) -> InferenceConfig:
     """The :class:`InferenceConfig` of parsed :func:`add_inference_arguments` flags.
 
-    ``--lm-weight`` defaults to 0.3 with ``--lm`` and 0 without; a weight without ``--lm`` is an error,
-    and so is ``--session-context`` where the decoder has no context to carry
+    ``--lm`` is resolved by :func:`resolve_lm` (``serving``: for ``asr serve``). ``--lm-weight``
+    defaults to :data:`DEFAULT_LM_WEIGHT` with an LM and 0 without; a weight without an LM is an
+    error, and so is ``--session-context`` where the decoder has no context to carry
     (:func:`check_session_context`).
     """
-    if args.lm is None and args.lm_weight:
-        raise SettingsError("lm_weight", "--lm-weight needs --lm DIR")
-    weight = 0.0 if args.lm is None else (0.3 if args.lm_weight is None else args.lm_weight)
-    check_session_context(args.decoder, args.session_context, has_lm=args.lm is not None)
+    lm = resolve_lm(args.lm, args.model, args.decoder, serving)
+    if lm is None and args.lm_weight:
+        why = "none" if args.lm == LM_NONE else f"auto, and {Path(args.model or DEFAULT_MODEL_DIR) / 'lm'} holds no LM"
+        raise SettingsError("lm_weight", f"--lm-weight needs an LM: --lm DIR (here --lm {why})")
+    weight = 0.0 if lm is None else (DEFAULT_LM_WEIGHT if args.lm_weight is None else args.lm_weight)
+    check_session_context(args.decoder, args.session_context, has_lm=lm is not None)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(InferenceConfig)}
-    return InferenceConfig(**{**values, "lm_weight": weight})
+    return InferenceConfig(**{**values, "lm": lm, "lm_weight": weight})
 
 
 # ---------------------------------------------------------------------------------- loading

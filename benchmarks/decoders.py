@@ -24,7 +24,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 def _decode(tag: str, args: argparse.Namespace, extra: list[str]) -> dict:
     out = RESULTS / "decoders" / f"{Path(args.data).name}" / tag
     cmd = [sys.executable, "-m", "blockasr", "decode", "--model", args.model, "--data", args.data,
-           "--out", str(out), "--threads", str(args.threads), "--quiet", *extra]
+           "--out", str(out), "--threads", str(args.threads), "--quiet", "--lm", "none", *extra]  # the model alone
     if args.max_utts:
         cmd += ["--max-utts", str(args.max_utts)]
     print("+", " ".join(cmd[2:]), file=sys.stderr, flush=True)

@@ -81,7 +81,7 @@ def main() -> int:
         for dec in args.decoders:
             base = ["--decoder", dec, "--block-ms", args.block_ms]
             for w in ([] if args.lm_only else [0.0]) + args.weights:
-                extra = base + (["--lm", args.lm, "--lm-weight", str(w)] if w else [])
+                extra = base + (["--lm", args.lm, "--lm-weight", str(w)] if w else ["--lm", "none"])
                 r = _decode(data, n, f"{dec}_{args.block_ms}_lm{w:g}", args, extra)
                 if r is None:
                     continue

@@ -72,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             host=args.host,
             port=args.port,
             model_name=Path(args.model).name if args.model else "default",
-            inference=inference_config_from_args(args),
+            inference=inference_config_from_args(args, serving=True),
             max_sessions=args.max_sessions,
             max_frame_bytes=args.max_frame_bytes,
             idle_timeout_s=args.idle_timeout,

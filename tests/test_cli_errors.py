@@ -60,10 +60,11 @@ def _cases(f):
         (t + ["--model", f["empty_model"]],
          f"asr transcribe: error: model: {f['empty_model']}: not a model directory (no model.pt, tokenizer.model)", False),
         (t + ["--lm", f["nowhere"]], f"asr transcribe: error: lm: {f['nowhere']}: no such LM directory", False),
-        (t + ["--lm-weight", "0.5"], "asr transcribe: error: lm_weight: --lm-weight needs --lm DIR", False),
+        (t + ["--lm-weight", "0.5", "--lm", "none"],
+         "asr transcribe: error: lm_weight: --lm-weight needs an LM: --lm DIR (here --lm none)", False),
         (t + ["--session-context", "-1"], "asr transcribe: error: argument --session-context: expected an integer "
                                           ">= 0 (tokens of context; 0 or none = none), got -1", True),
-        (t + ["--decoder", "bsbs", "--session-context", "64"], "asr transcribe: error: session_context: "
+        (t + ["--decoder", "bsbs", "--lm", "none", "--session-context", "64"], "asr transcribe: error: session_context: "
          "--session-context with --decoder bsbs needs --lm DIR (the context is the fusion LM's)", False),
         (t + ["--decoder", "ctc", "--session-context", "64"], "asr transcribe: error: session_context: "
          "--session-context works with the sar, bsbs and offline decoders; ctc has no label context to carry", False),

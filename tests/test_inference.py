@@ -9,8 +9,9 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 
-from asr.inference import (SESSION_FIELDS, InferenceConfig, SettingsError, add_inference_arguments,
-                           inference_config_from_args, parse_block_ms)
+from asr.inference import (DEFAULT_LM_WEIGHT, SESSION_FIELDS, InferenceConfig, SettingsError,
+                           add_inference_arguments, inference_config_from_args, model_lm_dir, parse_block_ms,
+                           resolve_lm)
 from test_server_fake import FakeFactory, make_audio, direct_finals, random_frames, run, running
 
 
@@ -62,7 +63,8 @@ def test_transcribe_decode_and_serve_share_the_flags():
         configs[name] = inference_config_from_args(parser.parse_args(required + argv))
     assert configs["transcribe"] == configs["decode"] == configs["serve"]
     assert configs["serve"] == InferenceConfig(decoder="bsbs", block_ms=None, left_blocks=None, beam=3, ctc_weight=0.5,
-                                               tentative_frames=1, threads=1)
+                                               tentative_frames=1, threads=1, lm=str(model_lm_dir(None)),
+                                               lm_weight=DEFAULT_LM_WEIGHT)  # --lm auto: the shipped model's LM
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -89,11 +91,38 @@ def test_a_bad_flag_is_one_clear_message_in_every_command(argv, message, capsys)
 def test_lm_weight_default_and_rule():
     p = argparse.ArgumentParser()
     add_inference_arguments(p)
-    assert inference_config_from_args(p.parse_args([])).lm_weight == 0.0
-    assert inference_config_from_args(p.parse_args(["--lm", "x"])).lm_weight == 0.3
+    assert inference_config_from_args(p.parse_args([])).lm_weight == 0.0  # sar: --lm auto finds no use for one
+    assert inference_config_from_args(p.parse_args(["--lm", "x"])).lm_weight == DEFAULT_LM_WEIGHT
     assert inference_config_from_args(p.parse_args(["--lm", "x", "--lm-weight", "0"])).lm_weight == 0.0
-    with pytest.raises(SettingsError, match="--lm-weight needs --lm DIR"):
+    with pytest.raises(SettingsError, match=r"--lm-weight needs an LM: --lm DIR \(here --lm auto, and .* holds no LM\)"):
         inference_config_from_args(p.parse_args(["--lm-weight", "0.5"]))
+    with pytest.raises(SettingsError, match=r"--lm-weight needs an LM: --lm DIR \(here --lm none\)"):
+        inference_config_from_args(p.parse_args(["--decoder", "bsbs", "--lm", "none", "--lm-weight", "0.5"]))
+
+
+def _model_dir(root, with_lm: bool):
+    for d in [root] + ([root / "lm"] if with_lm else []):
+        d.mkdir(parents=True, exist_ok=True)
+        for f in ("config.yaml", "model.pt", "tokenizer.model"):
+            (d / f).write_text("")
+    return str(root)
+
+
+def test_lm_auto_is_the_model_directory_s_own_lm_for_the_decoders_that_fuse_one(tmp_path):
+    p = argparse.ArgumentParser()
+    add_inference_arguments(p)
+    with_lm, without = _model_dir(tmp_path / "a", True), _model_dir(tmp_path / "b", False)
+    cfg = lambda *argv, serving=False: inference_config_from_args(p.parse_args(list(argv)), serving=serving)
+    for decoder in ("bsbs", "offline"):
+        got = cfg("--model", with_lm, "--decoder", decoder)
+        assert (got.lm, got.lm_weight) == (str(tmp_path / "a" / "lm"), DEFAULT_LM_WEIGHT)
+        assert cfg("--model", with_lm, "--decoder", decoder, "--lm", "none").lm is None
+        assert cfg("--model", without, "--decoder", decoder).lm is None
+    for decoder in ("ctc", "sar"):
+        assert cfg("--model", with_lm, "--decoder", decoder).lm is None  # nothing to fuse: not loaded
+        assert cfg("--model", with_lm, "--decoder", decoder, serving=True).lm == str(tmp_path / "a" / "lm")
+    assert resolve_lm("elsewhere", with_lm, "sar") == "elsewhere" and resolve_lm(None, with_lm, "bsbs") is None
+    assert model_lm_dir(without) is None
 
 
 def test_override_session_fields_only():

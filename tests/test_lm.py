@@ -288,6 +288,6 @@ def test_fusion_cli_and_errors(joint_model_dir, trained_lm, speechlike, tmp_path
     assert asr_main(base + ["--lm", str(tmp_path / "other_lm")]) == 2
     assert "the LM's tokenizer" in capsys.readouterr().err
     assert asr_main(base + ["--lm-weight", "0.5"]) == 2
-    assert "--lm-weight needs --lm" in capsys.readouterr().err
+    assert "--lm-weight needs an LM: --lm DIR (here --lm auto" in capsys.readouterr().err  # the model has no lm/
     assert asr_main(base[:-4] + ["--decoder", "ctc", "--lm", str(trained_lm / "lm")]) == 2
     assert "bsbs and offline" in capsys.readouterr().err

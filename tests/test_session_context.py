@@ -177,7 +177,8 @@ def test_session_context_settings():
     with pytest.raises(SettingsError, match=r"^session_context: expected an integer >= 0 .*got -3$"):
         InferenceConfig(session_context=-3)
     with pytest.raises(SettingsError, match="--session-context with --decoder offline needs --lm DIR"):
-        _args(["--decoder", "offline", "--session-context", "64"])
+        _args(["--decoder", "offline", "--lm", "none", "--session-context", "64"])
+    assert _args(["--decoder", "offline", "--session-context", "64"]).lm  # --lm auto: the shipped model's LM
     with pytest.raises(SettingsError, match="ctc has no label context"):
         _args(["--decoder", "ctc", "--session-context", "64"])
     with pytest.raises(SystemExit):

@@ -10,7 +10,9 @@ Examples:
   asr transcribe a.flac b.opus --decoder bsbs --beam 8 --format json
   asr transcribe lecture.wav --block-ms 320 --format srt > lecture.srt
   asr transcribe lecture.wav --format vtt --cue-max-s 5 --cue-max-lines 1 > lecture.vtt
+  asr transcribe talk.wav --decoder bsbs              # with the model's own LM (its lm/ folder)
   asr transcribe talk.wav --decoder bsbs --lm exp/lm/lm --lm-weight 0.3
+  asr transcribe talk.wav --decoder bsbs --lm none    # the model alone
 """
 
 from __future__ import annotations

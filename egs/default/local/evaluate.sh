@@ -8,7 +8,8 @@
 #
 #   egs/default/local/evaluate.sh [MODEL_DIR] [MAX_UTTS] [JOBS]
 #   env: DECODERS (default all six, as "decoder:block:g" words), SETS (default the dev-test sets),
-#        OUT (default exp/eval), SYNTH=1
+#        OUT (default exp/eval), SYNTH=1, LM (--lm of asr decode: default none, the model alone;
+#        auto = the model directory's own LM for bsbs/offline, or an LM directory)
 #
 # Each decode runs on 1 thread; JOBS of them at a time. Writes
 # $OUT/<decoder>-<block>-g<g>/<set>/{summary.json,hyp.txt,ref.txt,errors.txt} and $OUT/results.md
@@ -23,6 +24,7 @@ max_utts=${2:-100000}
 jobs=${3:-2}
 shared=${SHARED:-$root/../shared}
 out=${OUT:-exp/eval}
+lm=${LM:-none}
 decoders=${DECODERS:-"ctc:640:2 sar:640:0 sar:640:2 bsbs:640:2 offline:640:2 offline:full:2"}
 heldout_voices="flite:rms espeak:en-us-nyc+f3 espeak:en-gb-scotland+m5"   # as local/prepare.py
 
@@ -54,11 +56,11 @@ for spec in $decoders; do
 done
 decode_one() {
   read -r decoder block g data dir <<< "$1"
-  OMP_NUM_THREADS=1 "$python" -m blockasr decode --model "$model" --data "$data" --decoder "$decoder" \
+  OMP_NUM_THREADS=1 "$python" -m blockasr decode --model "$model" --data "$data" --decoder "$decoder" --lm "$lm" \
     --block-ms "$block" --tentative-frames "$g" --threads 1 --max-utts "$max_utts" --out "$dir" --quiet \
     | tail -1 | sed "s|^|$decoder $block g=$g $(basename "$dir"): |"
 }
 export -f decode_one
-export model max_utts python
+export model max_utts python lm
 printf '%s\n' "${jobs_list[@]}" | xargs -P "$jobs" -I{} bash -c 'decode_one "$@"' _ {}
 "$python" local/results_table.py "$out" | tee "$out/results.md"
