@@ -159,7 +159,8 @@ class Recognizer:
             return []
         rate = self.loaded.features.sample_rate
         audio_s = round(self.samples / rate, 3)
-        pad = self._features(flush_pad(self.samples, self.block_size, self.loaded.features))  # not counted in self.samples: it is not the stream's audio
+        # the pad is not counted in self.samples: it is not the stream's audio
+        pad = self._features(flush_pad(self.samples, self.block_size, self.loaded.features))
         results = self.decode(*self.step_encoder(pad, final=True))
         results.append(self._end_segment(always=True))
         self.finished = True

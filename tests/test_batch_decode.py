@@ -59,7 +59,7 @@ def _streams(loaded, cfg, waves, batched: bool, sizes=SIZES, begin=BEGIN):
 
 @pytest.mark.parametrize("decoder", ["ctc", "sar", "bsbs"])
 def test_batched_decoders_equal_per_stream(loaded, waves, decoder):
-    audio, texts = waves
+    audio, _ = waves
     cfg = InferenceConfig(decoder=decoder, block_ms=320)
     alone = [_streams(loaded, cfg, [w], False, [SIZES[i]], [0])[0] for i, w in enumerate(audio)]
     assert _streams(loaded, cfg, audio, batched=False) == alone  # the encoder batching alone
