@@ -55,6 +55,9 @@ def num_frames(num_samples: torch.Tensor | int, cfg: FbankConfig) -> torch.Tenso
     return n.clamp(min=0)
 
 
+_FLOOR = torch.finfo(torch.float32).eps  # mel energy floor before the log
+
+
 class _FbankCore(nn.Module):
     """Window and mel matrix, shared by the offline and online paths."""
 
@@ -76,7 +79,10 @@ class _FbankCore(nn.Module):
         frames = (frames - cfg.preemphasis * prev) * self.window
         spec = torch.fft.rfft(frames, n=cfg.fft_size).abs().pow(2)
         mel = spec @ self.mel
-        return mel.clamp(min=torch.finfo(mel.dtype).eps).log()
+        # the floor is float32's epsilon in every dtype (as Kaldi and torchaudio.compliance.kaldi):
+        # with the dtype's own epsilon, digital silence (exact zeros: the end-of-stream flush, TTS
+        # pauses) gave log-mels of -36 in float64 against -15.9 in float32, and other text
+        return mel.clamp(min=_FLOOR).log()
 
 
 class Fbank(_FbankCore):

@@ -23,31 +23,71 @@ import torch
 
 from asr.decode import Tokens, Word, build_decoder, words_from_tokens
 from asr.encoder import FRAME_MS
-from asr.features import OnlineFbank
+from asr.encoder.subsampling import RECEPTIVE_FIELD, STRIDE
+from asr.features import FbankConfig, OnlineFbank
 from asr.inference import InferenceConfig
 from asr.models.io import LoadedModel
 from asr.models.lm import TransformerLM
 from streaming.endpoint import EndpointConfig, Endpointer
 
-__all__ = ["FLUSH_PAD_MS", "flush_pad", "Result", "Recognizer", "decode_round", "process_batch"]
+__all__ = ["FLUSH_PAD_MS", "flush_frames", "flush_pad", "Result", "Recognizer", "decode_round", "process_batch"]
 
-# A faint pad appended at the end of the stream (finalize). Without it the last ~100-300 ms of
-# speech never reach an encoder frame in which the model can emit them: the fbank drops the last
-# partial 25 ms window, the subsampling the last < 7 feature frames (its receptive field), and a
-# CTC model spikes a token some frames after its sound. A clip that stopped right after the
-# speech lost its last word ("OVER LOND" for "OVER LONDON", models/default); 400 ms gave the same
-# text as 1 s of appended silence on every flite clip we tried, 80-300 ms not always.
-# The pad is a faint, fixed noise (-50 dBFS, a quiet room), not digital zeros: the log-mel of
-# exact zeros lies far below anything a model hears in training, and a small model emitted junk
-# tokens on it ("GOOD MORNING TO YOUED", tests/test_batch_decode.py).
+# The end-of-stream flush (finalize) appends digital silence, so that the stream ends as it would
+# if silence followed: the last word of a clip cut right after the speech is the one it gets with
+# silence appended (issue 19; benchmarks/last_word.py). Without a pad the last ~100-300 ms of speech
+# never reach an encoder frame in which the model can emit them: the fbank drops the last partial
+# 25 ms window, the subsampling the last < 7 feature frames (its receptive field), and a CTC model
+# spikes a token some frames after its sound ("OVER LOND" for "OVER LONDON", models/default).
+# * Length: up to the first block boundary at least FLUSH_PAD_MS after the last encoder frame that
+#   the audio reaches. The encoder is block-causal (a frame attends to its whole block and earlier
+#   blocks, never past the block's end; the convolution is causal), so every encoder frame the
+#   decoder gets then equals the frame it gets when silence is appended and the stream goes on:
+#   the last real frame sees the same right context, the last block is a whole block (as every
+#   block the decoders and the contextual encoder's block embeddings see while streaming), and the
+#   model has FLUSH_PAD_MS of silence to spike its last tokens in (80-300 ms were not always
+#   enough). A fixed 400 ms pad left the last block partial when the audio ended early in it.
+#   Full context (no blocks): FLUSH_PAD_MS, there is no block to complete.
+# * Content: zeros, which is what "silence appended" is (sox pad, ffmpeg apad, the pauses of the
+#   TTS voices the models train on). A faint noise (-50 dBFS, the pad before) is not silence to
+#   such a model: models/default heard it as a fricative ("YESTER DATE", "WINDOWTH", "OVERF" where
+#   1 s of appended zeros gives "YESTER DAY", "WINDOW", "OVER") and the tiny test model dropped
+#   whole words on it. A model that emits junk on long digital silence does so with silence
+#   appended too: the flush still equals appended silence.
 FLUSH_PAD_MS = 400
-FLUSH_PAD_LEVEL = 0.003
 
 
-def flush_pad(sample_rate: int = 16000) -> torch.Tensor:
-    """The samples :meth:`Recognizer.finalize` appends (the same every time)."""
-    g = torch.Generator().manual_seed(0)
-    return FLUSH_PAD_LEVEL * torch.randn(sample_rate * FLUSH_PAD_MS // 1000, generator=g)
+def flush_frames(num_samples: int, block_size: int | None, features: FbankConfig = FbankConfig()) -> int:
+    """Encoder frames of a stream of ``num_samples`` samples once it is flushed: the first multiple
+    of ``block_size`` (any count for full context) at least :data:`FLUSH_PAD_MS` past the last
+    frame that the audio reaches.
+
+    Encoder frame ``t`` reads feature frames ``STRIDE * t .. STRIDE * t + RECEPTIVE_FIELD - 1``,
+    that is samples from ``STRIDE * shift * t`` on, so the audio reaches frames
+    ``0 .. ceil(num_samples / (STRIDE * shift)) - 1``.
+
+    >>> flush_frames(16000, 16), flush_frames(16000, 8), flush_frames(16000, None)
+    (48, 40, 35)
+    """
+    hop = STRIDE * features.window_shift  # samples per encoder frame
+    end = _ceil_div(num_samples, hop) + _ceil_div(FLUSH_PAD_MS * features.sample_rate, 1000 * hop)
+    return end if block_size is None else _ceil_div(end, block_size) * block_size
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def flush_pad(num_samples: int, block_size: int | None, features: FbankConfig = FbankConfig()) -> torch.Tensor:
+    """The zeros :meth:`Recognizer.finalize` appends to a stream of ``num_samples`` samples: exactly
+    enough for :func:`flush_frames` encoder frames (see the comment above :data:`FLUSH_PAD_MS`).
+
+    >>> flush_pad(16000, 16).numel()  # 1 s of audio, 640 ms blocks: 48 frames = 3 blocks
+    15440
+    """
+    frames = flush_frames(num_samples, block_size, features)
+    feats = STRIDE * (frames - 1) + RECEPTIVE_FIELD  # feature frames behind ``frames`` encoder frames
+    total = features.window_size + features.window_shift * (feats - 1)
+    return torch.zeros(total - num_samples)
 
 
 @dataclass(frozen=True)
@@ -112,13 +152,15 @@ class Recognizer:
         return self.decode(*self.step_encoder(self.encoder_input(samples)))
 
     def finalize(self) -> list[Result]:
-        """End the stream: append :data:`FLUSH_PAD_MS` of silence, flush the last partial block and
-        commit every tentative token; the last result is always a final. Times stay inside the audio."""
+        """End the stream: append :func:`flush_pad` (digital silence to a block boundary at least
+        :data:`FLUSH_PAD_MS` past the audio), run the last blocks and commit every tentative token;
+        the last result is always a final. Times stay inside the audio."""
         if self.finished:
             return []
         rate = self.loaded.features.sample_rate
         audio_s = round(self.samples / rate, 3)
-        pad = self._features(flush_pad(rate))  # not counted in self.samples: it is not the stream's audio
+        # the pad is not counted in self.samples: it is not the stream's audio
+        pad = self._features(flush_pad(self.samples, self.block_size, self.loaded.features))
         results = self.decode(*self.step_encoder(pad, final=True))
         results.append(self._end_segment(always=True))
         self.finished = True

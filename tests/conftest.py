@@ -90,15 +90,19 @@ def tiny_model_dir(tts_corpus, tmp_path_factory):
     rows = read_manifest(tts_corpus / "all.jsonl")
     tok = train_tokenizer([r["text"] for r in rows] * 5, out / "tok", vocab_size=48)
     items = [AsrDataset(rows, tok)[i] for i in range(len(rows))]
-    # each utterance also appears between stretches of faint noise, and pairs of utterances with
-    # noise between them, so that the model learns blank on silence and speech after silence
-    # (the endpointing tests rely on it)
+    # each utterance also appears between stretches of silence, faint noise before and digital
+    # zeros then noise after, and pairs of utterances with noise between them, so that the model
+    # learns blank on both kinds of silence and speech after silence (the endpointing tests rely on
+    # it; the end-of-stream flush appends zeros, streaming.recognizer.flush_pad). Without the
+    # zeros the model, which saw no more than espeak's own 0.4 s of them, emitted junk tokens on
+    # longer digital silence. (These items stay shorter than the pairs: no longer batch.)
     noise = torch.Generator().manual_seed(1)
 
     def quiet(seconds: float) -> torch.Tensor:
         return SILENCE_LEVEL * torch.randn(int(16000 * seconds), generator=noise)
 
-    padded = [(utt + "-pad", torch.cat([quiet(0.2), wave, quiet(1.0)]), ids) for utt, wave, ids in items]
+    padded = [(utt + "-pad", torch.cat([quiet(0.2), wave, torch.zeros(int(16000 * 1.2)), quiet(1.0)]), ids)
+              for utt, wave, ids in items]
     pairs = [(f"{a[0]}+{b[0]}", torch.cat([a[1], quiet(1.2), b[1]]), torch.cat([a[2], b[2]]))
              for a, b in zip(items[0::2], items[1::2])]
     b = collate(items + padded + pairs)

@@ -21,13 +21,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
 
 from asr.audio import load_audio
 from asr.data import read_manifest
+from asr.inference import InferenceConfig
+from asr.models.io import load_model_dir
 from server.client import astream_file
+from streaming import Recognizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "nginx"))
@@ -81,15 +85,22 @@ def test_render_writes_every_replica() -> None:
 
 
 @pytest.fixture
-def utterances(tts_corpus, tmp_path):
-    """Two TTS utterances as 16 kHz 16-bit wav files and samples (what the server takes), with their transcripts."""
+def utterances(tts_corpus, tiny_model_dir, tmp_path):
+    """Two TTS utterances as 16 kHz 16-bit wav files and samples (what the server takes), with the
+    text a Recognizer with the replicas' settings gives on them (what the replicas must send, not
+    what the tiny model should hear)."""
     rows = read_manifest(tts_corpus / "all.jsonl")
+    loaded = load_model_dir(tiny_model_dir)
     out = []
     for row in (rows[2], rows[4]):
         path = tmp_path / f"{row['id']}.wav"
         sf.write(path, load_audio(row["audio"]).numpy(), 16000, subtype="PCM_16")
         pcm, _ = sf.read(path, dtype="int16")
-        out.append((path, pcm, row["text"]))
+        rec = Recognizer(loaded, InferenceConfig(decoder="sar", block_ms=320))
+        results = rec.accept_waveform(pcm.astype(np.float32) / 32768.0) + rec.finalize()
+        text = " ".join(r.text for r in results if r.is_final and r.text)
+        assert text
+        out.append((path, pcm, text))
     return out
 
 
