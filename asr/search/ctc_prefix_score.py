@@ -12,7 +12,8 @@ the probability that the frames received so far emit exactly ``g`` (Watanabe et 
 
 Scoring candidates ``c`` of all hypotheses is vectorised over hypotheses, candidates *and* frames:
 the recursion ``r^n_t = (r^n_{t-1} + phi_{t-1}) x_t(c)`` is a first-order linear recurrence, solved
-with a log-cumulative-sum (float64) instead of a loop over frames.
+with a log-cumulative-sum (float64) instead of a loop over frames. The scores need only ``psi``;
+the recurrence runs in ``select_state``, for the children the search keeps.
 
 Streaming: when the memory has grown since a state was made, the state's forward variables are
 extended over the new frames only. ``r_t(g)`` needs ``r_{t-1}`` of every shorter prefix of ``g``,
