@@ -120,6 +120,7 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self.base = base
         self.scale = scale
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (device, dtype) -> cos, sin
 
     def phase(self, start: int | torch.Tensor, t: int, device: torch.device) -> torch.Tensor:
         """Rotation angles in float64: (T, head_dim/2), or (B, 1, T, head_dim/2) for a (B,) ``start``."""
@@ -134,8 +135,27 @@ class RotaryEmbedding(nn.Module):
         ``start`` is an int, or a (B,) tensor giving each batch row its own first position (the
         local blocks of Star Attention are encoded side by side at their true positions).
         """
-        phase = self.phase(start, x.shape[-2], x.device)
+        t = x.shape[-2]
+        if isinstance(start, int) and start + t <= _TABLE_MAX:
+            cos, sin = self._table(start + t, x.device, x.dtype)
+            return rotate_half_split(x, cos[start:start + t], sin[start:start + t])
+        phase = self.phase(start, t, x.device)
         return rotate_half_split(x, phase.cos().to(x.dtype), phase.sin().to(x.dtype))
+
+    def _table(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (>= length, head_dim/2) of positions 0 ..: a decoder step rotates one position, and
+        computing its angles again (a dozen small ops) cost more than the rotation. Rows equal
+        ``phase(start, t)`` bit for bit (the same float64 products)."""
+        key = (device, dtype)
+        table = self._tables.get(key)
+        if table is None or table[0].shape[0] < length:
+            n = min(_TABLE_MAX, max(64, length, 2 * (0 if table is None else table[0].shape[0])))
+            phase = self.phase(0, n, device)
+            table = self._tables[key] = (phase.cos().to(dtype), phase.sin().to(dtype))
+        return table
+
+
+_TABLE_MAX = 4096  # longer sequences (LM contexts) compute their angles each call, as before
 
 
 def _positions(start: int | torch.Tensor, t: int, device: torch.device) -> torch.Tensor:

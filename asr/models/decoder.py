@@ -1,18 +1,20 @@
-"""Transformer attention decoder (joint CTC/attention) and its scorer for beam searches."""
+"""Transformer attention decoder (joint CTC/attention) and its scorers for beam searches."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asr.attention import causal_mask, padding_mask
+from asr.attention import KVCache, causal_mask, padding_mask
 from asr.models.config import DecoderConfig
 from asr.models.layers import TransformerLayer
 from asr.models.losses import add_sos_eos
 from asr.search.scorer import Memory
 
-__all__ = ["AttentionDecoder", "DecoderScorer"]
+__all__ = ["AttentionDecoder", "DecoderState", "DecoderScorer", "RecomputeDecoderScorer"]
 
 
 class AttentionDecoder(nn.Module):
@@ -45,6 +47,34 @@ class AttentionDecoder(nn.Module):
         """Every layer's cross-attention keys and values, each (B, H, S, head_dim), of memory (B, S, Dm)."""
         return [layer.cross_attn.project_memory(memory) for layer in self.layers]
 
+    def empty_caches(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> list[KVCache]:
+        """One empty self-attention cache per layer, for :meth:`step`."""
+        attn = self.layers[0].self_attn
+        return [KVCache.empty(batch_size, attn.n_heads, attn.head_dim, None, device, dtype) for _ in self.layers]
+
+    def step(self, inputs: torch.Tensor, caches: list[KVCache],
+             memory_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[KVCache]]:
+        """Logits of the next token after the prefixes, from cached positions plus new ones.
+
+        Equals ``logits(prefixes, ...)[:, -1]`` of the whole prefixes, where ``caches`` hold the
+        keys/values of their first positions (computed against the same memory).
+
+        Args:
+            inputs: (B, t) the ids at positions ``caches[0].end ..`` (t >= 1; all of them on the first call).
+            caches: per layer, self-attention keys/values (B, H, caches[0].end, head_dim).
+            memory_kv: :meth:`project_memory` of one memory shared by all rows, each (1, H, S, head_dim).
+        Returns:
+            (B, V) logits at the last position, and the caches extended by the t positions.
+        """
+        x = self.embed(inputs)  # (B, t, D)
+        new = []
+        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
+            if i == len(self.layers) - 1 and x.shape[1] > 1:  # its outputs at earlier positions feed nothing
+                cache, x = layer.extend_cache(x[:, :-1], cache), x[:, -1:]
+            x, cache = layer.step(x, cache, memory_kv=memory_kv[i])
+            new.append(cache)
+        return self.out(self.norm(x[:, -1])), new
+
     def forward(self, memory: torch.Tensor, memory_lens: torch.Tensor, tokens: torch.Tensor,
                 token_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Label-smoothed teacher-forced loss (summed over tokens, mean over utterances, the scale
@@ -58,24 +88,15 @@ class AttentionDecoder(nn.Module):
         return loss, acc
 
 
-class DecoderScorer:
-    """Full scorer over the attention decoder.
-
-    The encoder memory grows while streaming, and every decoder position attends to all of it, so
-    a prefix's decoder states change with each new block: the scorer recomputes the (short)
-    prefixes against the current memory instead of caching states (it has no per-hypothesis state).
-    What it does keep is the memory's cross-attention keys and values, projected once for all
-    hypotheses and extended over new frames only: they depend on the frames alone, and projecting
-    the memory again for every hypothesis at every step was most of a blockwise search's time.
-    """
+class _MemoryKV:
+    """The memory's cross-attention keys and values, projected once for all hypotheses and
+    extended over new frames only: they depend on the frames alone, and projecting the memory
+    again for every hypothesis at every step was most of a blockwise search's time."""
 
     def __init__(self, decoder: AttentionDecoder):
         self.decoder = decoder
         self._enc: torch.Tensor | None = None  # (S, Dm) the frames whose keys/values are cached
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, (1, H, S, head_dim)
-
-    def init_state(self, memory: Memory) -> None:
-        return None
 
     def memory_kv(self, enc: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Keys/values of ``enc`` (S, Dm) for every layer, (1, H, S, head_dim); the cached frames
@@ -92,6 +113,61 @@ class DecoderScorer:
                         for (k, v), (k_new, v_new) in zip(self._kv, new)]
             self._enc = enc
         return self._kv
+
+
+@dataclass(frozen=True)
+class DecoderState:
+    """The decoder's self-attention keys/values of N prefixes, valid for one memory.
+
+    Args:
+        caches: per layer, (N, H, U, head_dim) keys/values of the U prefix positions.
+        enc: the memory frames (S, Dm) they were computed against (every position attends to
+            all of them, so the caches are stale once the memory has grown).
+    """
+
+    caches: list[KVCache]
+    enc: torch.Tensor
+
+
+class DecoderScorer(_MemoryKV):
+    """Full scorer over the attention decoder, incremental within a memory.
+
+    The state of a prefix is its decoder keys/values (:class:`DecoderState`); a step runs only the
+    new token against them. The encoder memory grows while streaming, and every decoder position
+    attends to all of it, so a prefix's states change with each new block: a state computed against
+    other frames than ``memory.enc`` is dropped and the whole prefix runs again (once per block;
+    the steps after it in the block are incremental). Scores equal :class:`RecomputeDecoderScorer`
+    (float rounding aside): every prefix is always scored against the current memory.
+    """
+
+    def init_state(self, memory: Memory) -> None:
+        """None: nothing cached (the first :meth:`score` runs the whole prefix)."""
+        return None
+
+    @torch.no_grad()
+    def score(self, prefixes: torch.Tensor, states: DecoderState | None,
+              memory: Memory) -> tuple[torch.Tensor, DecoderState]:
+        enc = memory.enc
+        kv = self.memory_kv(enc)
+        prefixes = prefixes.to(enc.device)
+        fresh = states is not None and states.enc is enc and states.caches[0].length == prefixes.shape[1] - 1
+        if fresh:
+            caches, inputs = states.caches, prefixes[:, -1:]
+        else:
+            caches, inputs = self.decoder.empty_caches(prefixes.shape[0], enc.device, kv[0][0].dtype), prefixes
+        logits, caches = self.decoder.step(inputs, caches, kv)
+        return logits.float().log_softmax(-1), DecoderState(caches, enc)
+
+    def select_state(self, states: DecoderState, index: torch.Tensor, token: torch.Tensor) -> DecoderState:
+        return DecoderState([c.select(index) for c in states.caches], states.enc)
+
+
+class RecomputeDecoderScorer(_MemoryKV):
+    """Full scorer over the attention decoder that runs every prefix whole at every step (no
+    per-hypothesis state): the reference that :class:`DecoderScorer` equals."""
+
+    def init_state(self, memory: Memory) -> None:
+        return None
 
     @torch.no_grad()
     def score(self, prefixes: torch.Tensor, states: None, memory: Memory) -> tuple[torch.Tensor, None]:

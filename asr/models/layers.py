@@ -44,8 +44,14 @@ class TransformerLayer(nn.Module):
         return x + self.ff(x)
 
     def step(self, x: torch.Tensor, cache: KVCache, memory: torch.Tensor | None = None,
-             cross_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
-        """Incremental self-attention over cached positions (decoding); x (B, t, D), t new positions."""
+             cross_mask: torch.Tensor | None = None,
+             memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Incremental self-attention over cached positions (decoding); x (B, t, D), t new positions.
+
+        ``memory_kv``: ``cross_attn.project_memory`` of a memory shared by every row, (1, H, S, head_dim),
+        instead of ``memory``; the B * t queries then attend to it as one batch (no mask, no copy of the
+        keys per row: cross-attention treats each query on its own).
+        """
         t = x.shape[1]
         mask = None
         if t > 1:
@@ -53,6 +59,17 @@ class TransformerLayer(nn.Module):
             mask = torch.ones(t, total, dtype=torch.bool, device=x.device).tril(cache.length)
         h, cache = self.self_attn.forward_cached(self.norm_self(x), cache, mask=mask)
         x = x + h
-        if self.cross_attn is not None:
+        if self.cross_attn is not None and memory_kv is not None:
+            if cross_mask is not None:
+                raise ValueError("memory_kv is one memory for every row: it takes no cross_mask")
+            q = self.norm_cross(x).reshape(1, -1, x.shape[-1])  # (1, B * t, D)
+            x = x + self.cross_attn(q, memory_kv=memory_kv).reshape(x.shape)
+        elif self.cross_attn is not None:
             x = x + self.cross_attn(self.norm_cross(x), memory, mask=cross_mask)
         return x + self.ff(x), cache
+
+    def extend_cache(self, x: torch.Tensor, cache: KVCache) -> KVCache:
+        """``cache`` with the self-attention keys/values of ``x`` (B, t, D) appended, without computing
+        the outputs at those positions (a decoder's last layer needs its output at the last position only)."""
+        _, k, v = self.self_attn.project_self(self.norm_self(x), cache.end)
+        return cache.append(k, v)

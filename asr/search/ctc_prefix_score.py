@@ -12,7 +12,8 @@ the probability that the frames received so far emit exactly ``g`` (Watanabe et 
 
 Scoring candidates ``c`` of all hypotheses is vectorised over hypotheses, candidates *and* frames:
 the recursion ``r^n_t = (r^n_{t-1} + phi_{t-1}) x_t(c)`` is a first-order linear recurrence, solved
-with a log-cumulative-sum (float64) instead of a loop over frames.
+with a log-cumulative-sum (float64) instead of a loop over frames. The scores need only ``psi``;
+the recurrence runs in ``select_state``, for the children the search keeps.
 
 Streaming: when the memory has grown since a state was made, the state's forward variables are
 extended over the new frames only. ``r_t(g)`` needs ``r_{t-1}`` of every shorter prefix of ``g``,
@@ -67,17 +68,24 @@ class CtcPrefixState:
 class CtcPrefixCandidates:
     """What ``score_partial`` leaves for ``select_state``: the parents and their scored children.
 
+    The children's forward variables are computed by ``select_state`` for the kept ones only (a
+    search keeps ``beam`` of the N * K candidates; the recurrence over all frames was most of
+    the scorer's time); each child's own recurrence is the same whichever others are computed.
+
     Args:
         parent: the (extended) state of the N scored prefixes.
         candidates: (N, K) candidate tokens.
-        r_n, r_b: (T + 1, N, K) forward variables of each ``g + c``.
+        phi: (T, N, K) log probability that ``g`` ends by frame t - 1 such that ``c`` may start at t.
+        x_c: (T, N, K) log probability of ``c`` at each frame (clamped at -1e5).
+        x_b: (T, 1) log probability of blank at each frame (clamped at -1e5).
         psi: (N, K) log prefix probability of each ``g + c`` (``<eos>``: of ``g`` ending here).
     """
 
     parent: CtcPrefixState
     candidates: Tensor
-    r_n: Tensor
-    r_b: Tensor
+    phi: Tensor
+    x_c: Tensor
+    x_b: Tensor
     psi: Tensor
 
 
@@ -165,27 +173,20 @@ class CTCPrefixScorer:
         logp = memory.ctc_logp
         n, v = prefixes.shape[0], logp.shape[1]
         x_c = logp[:, candidates].to(torch.float64).clamp(min=-1e5)         # (T, N, K)
-        x_b = logp[:, self.blank].to(torch.float64).clamp(min=-1e5)[:, None, None]  # (T, 1, 1)
         r_n, r_b = state.r_n[:, :, None], state.r_b[:, :, None]             # (T + 1, N, 1)
         last = prefixes[:, -1:] if prefixes.shape[1] > 1 else prefixes.new_full((n, 1), -1)
         # phi[j]: probability of g ending at frame j - 1 such that c may start at frame j
         phi = torch.where(candidates == last, r_b, torch.logaddexp(r_b, r_n))  # (T + 1, N, K)
         phi = phi[:-1]                                                         # (T, N, K)
         psi = torch.logsumexp(phi + x_c, dim=0)                               # (N, K)
-        cand_n = _linear_recurrence(phi, x_c)                                 # (T, N, K)
-        cand_b = _linear_recurrence(torch.cat([phi[:1].new_full(phi[:1].shape, _NEG),
-                                               cand_n[:-1]]), x_b.expand_as(cand_n))
-        head = phi.new_full((1, *phi.shape[1:]), _NEG)
-        cand_n = torch.cat([head, cand_n])
-        cand_b = torch.cat([head, cand_b])
         end = torch.logaddexp(state.r_n[-1], state.r_b[-1])                  # (N,)
         psi = torch.where(candidates == self.eos, end[:, None], psi)
         psi = psi.masked_fill(candidates == self.blank, _NEG)
         # a prefix that was impossible when made stays impossible (no -inf - -inf, no +inf)
         delta = (psi - state.psi[:, None]).masked_fill(state.psi[:, None] == _NEG, _NEG)
         out = logp.new_full((n, v), _NEG, dtype=torch.float64).scatter(1, candidates, delta)
-        new = CtcPrefixCandidates(parent=state, candidates=candidates, r_n=cand_n, r_b=cand_b,
-                                  psi=psi)
+        x_b = logp[:, self.blank].to(torch.float64).clamp(min=-1e5)[:, None]  # (T, 1)
+        new = CtcPrefixCandidates(parent=state, candidates=candidates, phi=phi, x_c=x_c, x_b=x_b, psi=psi)
         return out, new
 
     def select_state(self, states: CtcPrefixCandidates, index: Tensor,
@@ -195,8 +196,12 @@ class CTCPrefixScorer:
         match = states.candidates[index] == token[:, None]                  # (M, K)
         k = match.to(torch.int8).argmax(dim=1)
         psi = states.psi[index, k].masked_fill(~match.any(dim=1), _NEG)
-        r_n = states.r_n[:, index, k]                                         # (T + 1, M)
-        r_b = states.r_b[:, index, k]
+        phi, x_c = states.phi[:, index, k], states.x_c[:, index, k]         # (T, M)
+        r_n = _linear_recurrence(phi, x_c)                                    # (T, M)
+        r_b = _linear_recurrence(torch.cat([phi.new_full((1, phi.shape[1]), _NEG), r_n[:-1]]),
+                                 states.x_b.expand_as(r_n))
+        head = phi.new_full((1, phi.shape[1]), _NEG)
+        r_n, r_b = torch.cat([head, r_n]), torch.cat([head, r_b])             # (T + 1, M)
         column = torch.cat([states.parent.column[index], r_n[-1:].T, r_b[-1:].T], dim=1)
         return CtcPrefixState(num_frames=states.parent.num_frames, r_n=r_n, r_b=r_b,
                               column=column, psi=psi)
