@@ -44,7 +44,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 sys.path.insert(0, str(ROOT))  # the asr package of this checkout
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from asr.encoder.config import BPTConfig  # noqa: E402
+from proc_mem import status_mib  # noqa: E402
 MIB = 2**20
 
 
@@ -55,14 +57,6 @@ def _encoder_cfg(config: str, bpt: dict | None):
     raw = (read_yaml(config) or {}).get("model", {}).get("encoder", {})
     cfg = from_dict(EncoderConfig, raw, source=f"{config}: model.encoder")
     return dataclasses.replace(cfg, bpt=BPTConfig(**bpt) if bpt is not None else None)
-
-
-def _status_mib(field: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of /proc/self/status in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
 
 
 def _reset_rss_peak() -> bool:
@@ -113,14 +107,14 @@ def worker(args) -> dict:
     row = {"seconds": args.seconds, "path": args.path, "encoder_frames": int(encoder.output_lengths(feat_lens)[0]),
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     sync()
-    base = torch.cuda.memory_allocated(device) / MIB if device.type == "cuda" else _status_mib("VmRSS")
+    base = torch.cuda.memory_allocated(device) / MIB if device.type == "cuda" else status_mib("VmRSS")
     try:
         step()  # warm-up: CUDA context and kernels, the library code pages a CPU step touches
         sync()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         elif _reset_rss_peak():
-            base = _status_mib("VmRSS")  # else the peak includes the warm-up's first-touch code pages
+            base = status_mib("VmRSS")  # else the peak includes the warm-up's first-touch code pages
         t0 = time.perf_counter()
         for _ in range(args.steps):
             step()
@@ -128,7 +122,7 @@ def worker(args) -> dict:
         row["step_s"] = (time.perf_counter() - t0) / args.steps
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
         return {**row, "status": "OOM", "error": str(e).splitlines()[0][:200]}
-    peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else _status_mib("VmHWM")
+    peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else status_mib("VmHWM")
     return {**row, "status": "ok", "peak_mib": peak, "activation_mib": peak - base, "base_mib": base}
 
 

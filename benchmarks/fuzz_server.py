@@ -35,6 +35,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from proc_mem import vm_rss_mb  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidHandshake  # noqa: E402
 
@@ -234,10 +236,8 @@ run_server(ServerConfig(port=0, max_sessions=64), factory, on_ready=lambda s: pr
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    rss = vm_rss_mb(pid)
+    return float("nan") if rss is None else rss
 
 
 def _metrics(port: int) -> dict[str, float]:

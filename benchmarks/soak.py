@@ -32,18 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def vm_rss_mb(pid: int | str = "self") -> float | None:
-    """VmRSS of a process in MiB (None once it has exited)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        return None
-    return None
+from proc_mem import vm_rss_mb  # noqa: E402  (soak_server imports it from here too)
 
 
 def looped_audio(minutes: float, sample_rate: int = 16000):

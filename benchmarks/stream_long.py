@@ -29,7 +29,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from fuzz_server import _rss_mb, good_audio  # noqa: E402
+from fuzz_server import _rss_mb, good_audio  # noqa: E402  (_rss_mb: proc_mem.vm_rss_mb, NaN once gone)
 
 _SERVE = """
 import sys
