@@ -21,9 +21,12 @@
 # the lease, so the working tree is small); they become the model directory /tmp/init-model that
 # the run starts from (`init`).
 #
-# Every call leaves in $OUT what the run has so far: log.txt, train.csv, valid.csv, sessions.jsonl,
-# the train-step benchmark; once the main run is exported, also model.pt in parts under 16 MB
-# (model.pt.part-NN; `cat` them) and results.tgz (configs, logs, curves, CMVN). The run itself is
+# Every call leaves in $OUT what the run has so far (the tool brings back at most 8 files a call):
+# log.txt, logs.tgz (train.csv, valid.csv, sessions.jsonl, the train-step benchmark), also.tgz (the
+# logs of the runs beside the main one, lease.sh ALSO); once the main run is exported, also
+# model.pt in parts under 16 MB (model.pt.part-NN; `cat` them) and results.tgz (configs, logs,
+# curves, CMVN). The runs beside it come back with `fetch M`, one call each, issued at once after
+# the call that shows "lease done" (lease 7 lost three such models to a gap of under a minute). The run itself is
 # local/lease.sh: stage 0 (prepare) and the train-step benchmark, training until END_S - 60 s
 # (local/train_timed.py), then averaging and a float16 export. env: MODEL (conf/<MODEL>.yaml).
 #
@@ -83,10 +86,10 @@ unpack() {
   return 0
 }
 
-report() {  # what the run has so far, into $OUT
+report() {  # what the run has so far, into $OUT: at most 8 files come back, so the logs go in tars
   cp $lease/log.txt "$out"/ 2>/dev/null
-  for f in train.csv valid.csv sessions.jsonl; do cp $exp/$f "$out"/ 2>/dev/null; done
-  cp benchmarks/results/train_step_cuda.md "$out"/ 2>/dev/null
+  (cd $exp 2>/dev/null && tar czf "$out/logs.tgz" --ignore-failed-read train.csv valid.csv sessions.jsonl \
+    -C "$root" benchmarks/results/train_step_cuda.md 2>/dev/null)
   if [ -f $lease/main.done ] || [ -f $lease/done ]; then  # main.done: the main run is exported
     [ -f $exp/model/model.pt ] && split -b 15000000 -d $exp/model/model.pt "$out/model.pt.part-"
     tar czf "$out/results.tgz" --ignore-failed-read $exp/config.yaml $exp/cmvn.json $exp/train.csv $exp/valid.csv \
@@ -94,16 +97,17 @@ report() {  # what the run has so far, into $OUT
       $data/manifests/valid.jsonl $lease/gpu.csv benchmarks/results/train_step_cuda.* 2>/dev/null
   fi
   if [ -f $lease/lm.done ] && [ ! -f $lease/lm.reported ]; then  # once: the next call gets the rest
-    cp -r /tmp/lm-out "$out/lm" && cp $lease/lm.log "$out/lm/" && touch $lease/lm.reported
+    tar czf "$out/lm.tgz" -C /tmp lm-out -C $lease lm.log && touch $lease/lm.reported
   fi
-  for d in egs/default/exp/*/; do  # runs beside the main one (lease.sh ALSO)
+  local also=()  # runs beside the main one (lease.sh ALSO): their logs, one tar
+  for d in egs/default/exp/*/; do
     local m; m=$(basename "$d")
     [ "$m" = "$model" ] || [ "${m#lm_}" != "$m" ] && continue
-    mkdir -p "$out/$m"
-    for f in train.csv valid.csv sessions.jsonl; do cp "$d/$f" "$out/$m/" 2>/dev/null; done
-    cp $lease/$m.log "$out/$m/" 2>/dev/null
+    cp $lease/$m.log "$d/" 2>/dev/null
+    for f in train.csv valid.csv sessions.jsonl $m.log; do [ -f "$d/$f" ] && also+=("$m/$f"); done
   done
-  ls -la "$out" "$out"/*/ 2>/dev/null
+  [ ${#also[@]} -gt 0 ] && tar czf "$out/also.tgz" -C egs/default/exp "${also[@]}"
+  ls -la "$out" 2>/dev/null
 }
 
 follow() {  # follow the log for up to $1 seconds, or until the run is done
