@@ -1,8 +1,12 @@
 """Streams that end together: streaming.finalize_batch equals Recognizer.finalize on each."""
 
+import copy
+
 import pytest
+import torch
 
 from asr.audio import load_audio
+from asr.decode import SarGreedyDecoder
 from asr.data import read_manifest
 from asr.inference import InferenceConfig
 from asr.models.io import load_model_dir
@@ -55,3 +59,24 @@ def test_finalize_batch_equals_finalize(loaded, waves, decoder, options):
 
 def test_finalize_batch_of_nothing():
     assert finalize_batch([]) == []
+
+
+def _sar_decoders(loaded):
+    """Decoders with different LM contexts and carried tails, fed random encoder frames (so the tails
+    hold tokens, unlike a flush pad's silence); the same ones on every call."""
+    gen = torch.Generator().manual_seed(3)
+    decoders = [SarGreedyDecoder(loaded.model.sar, g) for g in (2, 3, 0, 4)]
+    for d, n in zip(decoders, (1, 3, 2, 4)):
+        for _ in range(n):
+            enc = 3 * torch.randn(8, loaded.model.encoder.output_dim, generator=gen)
+            d.accept_block(enc, loaded.model.ctc_logp(enc))
+    return decoders
+
+
+@torch.no_grad()
+def test_sar_finalize_many_equals_finalize(loaded):
+    want = [d.finalize() for d in _sar_decoders(loaded)]
+    decoders = _sar_decoders(loaded)
+    assert sum(d.carry_enc is not None for d in decoders) == 3
+    assert sum(bool(t.ids) for t in want) >= 2
+    assert SarGreedyDecoder.finalize_many(decoders) == want
