@@ -14,6 +14,10 @@ Factory contract (what `streaming.make_recognizer_factory(settings)` returns):
   If it raises, every stream of that batch gets an `internal` error (it cannot tell whose input
   failed). Without it the scheduler calls the recognizers one after another, and one stream's
   exception affects that stream only.
+- optional `factory.finalize_batch(recs: list[Recognizer]) -> list[list[Result]]`: `finalize` for
+  several streams that end in the same pass; must return exactly what `rec.finalize()` for each
+  would return. If it raises, every stream of that call gets an `internal` error. Without it (or
+  for a single stream) the scheduler calls `finalize` per stream.
 
 All factory and recognizer calls happen on one worker thread, so the model is used by one thread.
 """

@@ -30,6 +30,7 @@ __all__ = ["Delivery", "Stream", "Scheduler"]
 log = logging.getLogger("server")
 
 BatchFn = Callable[[list[tuple[Recognizer, np.ndarray]]], list[list[Result]]]
+FinalizeFn = Callable[[list[Recognizer]], list[list[Result]]]
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class Scheduler:
     """Runs every recognizer call on one worker thread, batching across sessions.
 
     Args:
-        factory: makes recognizers; its optional `process_batch` is the batching hook.
+        factory: makes recognizers; its optional `process_batch` is the batching hook, its optional
+            `finalize_batch` the one for the streams that end in the same pass.
         max_batch: most streams in one pass.
         max_chunk_samples: most samples of one stream per pass.
         max_pending_samples: `wait_for_room` blocks a stream with more buffered audio than this.
@@ -129,6 +131,7 @@ class Scheduler:
         self.pass_interval_s = pass_interval_s
         self._sleep = sleep
         self._batch_fn: BatchFn = getattr(factory, "process_batch", None) or process_sequential
+        self._finalize_fn: FinalizeFn | None = getattr(factory, "finalize_batch", None)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-model")
         self._ready: dict[Stream, None] = {}  # insertion-ordered set: FIFO fairness
         self._wake = asyncio.Event()
@@ -307,7 +310,8 @@ class Scheduler:
         return stream.processed_samples - stream.delivered_samples >= every
 
     def _process(self, work: list[_Work]) -> list[tuple[list[Result], BaseException | None]]:
-        """Model thread: batched `accept_waveform`, then the finalizes; errors stay per stream."""
+        """Model thread: batched `accept_waveform`, then the finalizes (batched when the factory offers
+        `finalize_batch` and several streams end); errors stay per stream, or per batched call."""
         out: list[tuple[list[Result], BaseException | None]] = [([], None) for _ in work]
         audio = [i for i, w in enumerate(work) if w.samples is not None]
         if audio and self._batch_fn is process_sequential:
@@ -324,10 +328,22 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - a batched call cannot tell whose input failed
                 for i in audio:
                     out[i] = ([], exc)
-        for i, w in enumerate(work):
-            if w.finalize and out[i][1] is None:
-                try:
-                    out[i] = (out[i][0] + list(w.stream.recognizer.finalize()), None)
-                except Exception as exc:  # noqa: BLE001
+        ending = [i for i, w in enumerate(work) if w.finalize and out[i][1] is None]
+        if len(ending) > 1 and self._finalize_fn is not None:
+            try:
+                ends = [list(res) for res in self._finalize_fn([work[i].stream.recognizer for i in ending])]
+                if len(ends) != len(ending):
+                    raise RuntimeError(f"finalize_batch returned {len(ends)} result lists for {len(ending)} streams")
+            except Exception as exc:  # noqa: BLE001 - a batched call cannot tell whose stream failed
+                for i in ending:
                     out[i] = (out[i][0], exc)
+                return out
+            for i, res in zip(ending, ends):
+                out[i] = (out[i][0] + res, None)
+            return out
+        for i in ending:
+            try:
+                out[i] = (out[i][0] + list(work[i].stream.recognizer.finalize()), None)
+            except Exception as exc:  # noqa: BLE001
+                out[i] = (out[i][0], exc)
         return out

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from streaming.endpoint import EndpointConfig, Endpointer
     from streaming.factory import RecognizerFactory, make_recognizer_factory
-    from streaming.recognizer import Recognizer, Result, process_batch
+    from streaming.recognizer import Recognizer, Result, finalize_batch, process_batch
 
-__all__ = ["EndpointConfig", "Endpointer", "Recognizer", "RecognizerFactory", "Result", "make_recognizer_factory",
-           "process_batch"]
+__all__ = ["EndpointConfig", "Endpointer", "Recognizer", "RecognizerFactory", "Result", "finalize_batch",
+           "make_recognizer_factory", "process_batch"]
 
 
 
@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
         from streaming import endpoint as module
     elif name in ("RecognizerFactory", "make_recognizer_factory"):
         from streaming import factory as module
-    elif name in ("Recognizer", "Result", "process_batch"):
+    elif name in ("Recognizer", "Result", "finalize_batch", "process_batch"):
         from streaming import recognizer as module
     else:
         raise AttributeError(f"module 'streaming' has no attribute {name!r}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from asr.inference import SESSION_FIELDS, InferenceConfig, SettingsError, load_inference
-from streaming.recognizer import Recognizer, process_batch
+from streaming.recognizer import Recognizer, finalize_batch, process_batch
 
 __all__ = ["RecognizerFactory", "make_recognizer_factory"]
 
@@ -40,6 +40,11 @@ class RecognizerFactory:
     def process_batch(work):
         """The server's batching hook (:func:`streaming.process_batch`)."""
         return process_batch(work)
+
+    @staticmethod
+    def finalize_batch(recs):
+        """The server's hook for streams that end in one pass (:func:`streaming.finalize_batch`)."""
+        return finalize_batch(recs)
 
 
 def make_recognizer_factory(settings: InferenceConfig | str | Path, **fields: Any) -> RecognizerFactory:

@@ -30,7 +30,8 @@ from asr.models.io import LoadedModel
 from asr.models.lm import TransformerLM
 from streaming.endpoint import EndpointConfig, Endpointer
 
-__all__ = ["FLUSH_PAD_MS", "flush_frames", "flush_pad", "Result", "Recognizer", "decode_round", "process_batch"]
+__all__ = ["FLUSH_PAD_MS", "flush_frames", "flush_pad", "Result", "Recognizer", "decode_round", "process_batch",
+           "finalize_batch"]
 
 # The end-of-stream flush (finalize) appends digital silence, so that the stream ends as it would
 # if silence followed: the last word of a clip cut right after the speech is the one it gets with
@@ -157,17 +158,11 @@ class Recognizer:
         the last result is always a final. Times stay inside the audio."""
         if self.finished:
             return []
-        rate = self.loaded.features.sample_rate
-        audio_s = round(self.samples / rate, 3)
-        # the pad is not counted in self.samples: it is not the stream's audio
-        pad = self._features(flush_pad(self.samples, self.block_size, self.loaded.features))
-        results = self.decode(*self.step_encoder(pad, final=True))
-        results.append(self._end_segment(always=True))
-        self.finished = True
-        return [_clip_times(r, audio_s) for r in results]
+        results = self.decode(*self.step_encoder(self.flush_input(), final=True))
+        return self.end_stream(results, self.decoder.finalize())
 
     # ------------------------------------------------------------------ the three stages of a chunk
-    # (public so that process_batch can run the middle one for many streams at once)
+    # (public so that process_batch and finalize_batch can run the middle one for many streams at once)
     @torch.no_grad()
     def encoder_input(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Audio -> the normalised (1, t, F) feature frames that became complete."""
@@ -176,6 +171,12 @@ class Recognizer:
         x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten()
         self.samples += x.numel()
         return self._features(x)
+
+    @torch.no_grad()
+    def flush_input(self) -> torch.Tensor:
+        """finalize's encoder input: the (1, t, F) features of :func:`flush_pad` (not counted in
+        ``self.samples``: it is not the stream's audio)."""
+        return self._features(flush_pad(self.samples, self.block_size, self.loaded.features))
 
     @torch.no_grad()
     def step_encoder(self, x: torch.Tensor, final: bool = False) -> tuple[torch.Tensor, bool]:
@@ -195,6 +196,14 @@ class Recognizer:
         for block in self.blocks(enc):
             results += decode_round([self], [block], final)[0]
         return results
+
+    def end_stream(self, results: list[Result], tokens: Tokens) -> list[Result]:
+        """finalize's last stage, after the flush pad's blocks gave ``results`` and the decoder's
+        ``finalize`` the last segment's ``tokens``: the last final, times limited to the audio."""
+        results = results + [self._end_segment(always=True, tokens=tokens)]
+        self.finished = True
+        audio_s = round(self.samples / self.loaded.features.sample_rate, 3)
+        return [_clip_times(r, audio_s) for r in results]
 
     def after_block(self, ctc_logp: torch.Tensor, final: bool) -> list[Result]:
         """After the decoder took a block (its CTC log-probs (t, V)): endpointing and the partial."""
@@ -219,8 +228,10 @@ class Recognizer:
         self.decoder.accept_features(feats)
         return self.model.cmvn(feats)[None]
 
-    def _end_segment(self, always: bool) -> Result | None:
-        tokens: Tokens = self.decoder.finalize()
+    def _end_segment(self, always: bool, tokens: Tokens | None = None) -> Result | None:
+        """The segment's final (None: silent and not ``always``); ``tokens``: the decoder's
+        ``finalize()`` when the caller already ran it (finalize_batch)."""
+        tokens = self.decoder.finalize() if tokens is None else tokens
         text = self.tokenizer.decode(tokens.ids)
         offset = self.segment_start * FRAME_MS / 1000
         result = Result(text, True, self.segment, words_from_tokens(tokens, self.tokenizer, offset), tokens.ids,
@@ -257,6 +268,15 @@ def _ctc_logps(model, blocks: list[torch.Tensor], batched: bool) -> list[torch.T
     return out  # type: ignore[return-value]
 
 
+def _decoder_groups(recs: list[Recognizer], batched: bool) -> list[list[int]]:
+    """Indices of streams whose decoders take one batched call (same class and ``batch_key``)."""
+    groups: dict[object, list[int]] = {}
+    for i, rec in enumerate(recs):
+        key = (type(rec.decoder), rec.decoder.batch_key()) if batched else i
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
 @torch.no_grad()
 def decode_round(recs: list[Recognizer], blocks: list[torch.Tensor], final: bool = False,
                  batch_decoders: bool = True) -> list[list[Result]]:
@@ -264,37 +284,72 @@ def decode_round(recs: list[Recognizer], blocks: list[torch.Tensor], final: bool
     (one :meth:`~asr.decode.BlockDecoder.accept_blocks` call per decoder kind when ``batch_decoders``),
     then each stream's endpointer and partial. Each result list equals what that stream alone gives."""
     logps = _ctc_logps(recs[0].model, blocks, batch_decoders)
-    groups: dict[object, list[int]] = {}
-    for i, rec in enumerate(recs):
-        key = (type(rec.decoder), rec.decoder.batch_key()) if batch_decoders else i
-        groups.setdefault(key, []).append(i)
-    for members in groups.values():
+    for members in _decoder_groups(recs, batch_decoders):
         decoders = [recs[i].decoder for i in members]
         type(decoders[0]).accept_blocks(decoders, [blocks[i] for i in members], [logps[i] for i in members])
     return [rec.after_block(logp, final) for rec, logp in zip(recs, logps)]
 
 
+def _by_model(recs: list[Recognizer]) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, rec in enumerate(recs):
+        groups.setdefault(id(rec.model), []).append(i)
+    return list(groups.values())
+
+
+def _encode_and_decode(recs: list[Recognizer], xs: list[torch.Tensor], final: bool,
+                       batch_decoders: bool) -> list[list[Result]]:
+    """Streams of one model and their encoder inputs (1, t_i, F): one ``step_batch``, then block by
+    block one :func:`decode_round` over every stream that has that block."""
+    results: list[list[Result]] = [[] for _ in recs]
+    blocks = []
+    for rec, (enc, state) in zip(recs, recs[0].model.encoder.step_batch(xs, [r.state for r in recs], final=final)):
+        rec.state = state
+        blocks.append(rec.blocks(enc[0]))
+    for k in range(max((len(b) for b in blocks), default=0)):
+        live = [j for j, b in enumerate(blocks) if k < len(b)]
+        outs = decode_round([recs[j] for j in live], [blocks[j][k] for j in live], final, batch_decoders)
+        for j, res in zip(live, outs):
+            results[j] += res
+    return results
+
+
 @torch.no_grad()
 def process_batch(work: list[tuple[Recognizer, np.ndarray]], batch_decoders: bool = True) -> list[list[Result]]:
     """``accept_waveform`` for many streams at once. Per model: the features per stream, one
-    :meth:`ConformerEncoder.step_batch` (streams whose states allow share the conformer layers), then
-    block by block one :func:`decode_round` over every stream that has that block (``batch_decoders``:
-    one CTC and one decoder call per round; False: the decoders one stream after another). Each
-    result list equals what ``rec.accept_waveform(samples)`` would have returned."""
+    :meth:`ConformerEncoder.step_batch` (one subsampling call; streams whose states allow share the
+    conformer layers), then block by block one :func:`decode_round` over every stream that has that
+    block (``batch_decoders``: one CTC and one decoder call per round; False: the decoders one stream
+    after another). Each result list equals what ``rec.accept_waveform(samples)`` would have returned."""
     results: list[list[Result]] = [[] for _ in work]
-    by_model: dict[int, list[int]] = {}
-    for i, (rec, _) in enumerate(work):
-        by_model.setdefault(id(rec.model), []).append(i)
-    for members in by_model.values():
+    for members in _by_model([rec for rec, _ in work]):
         recs = [work[i][0] for i in members]
         xs = [rec.encoder_input(work[i][1]) for rec, i in zip(recs, members)]
-        blocks = []
-        for rec, (enc, state) in zip(recs, recs[0].model.encoder.step_batch(xs, [rec.state for rec in recs])):
-            rec.state = state
-            blocks.append(rec.blocks(enc[0]))
-        for k in range(max(len(b) for b in blocks)):
-            live = [j for j, b in enumerate(blocks) if k < len(b)]
-            outs = decode_round([recs[j] for j in live], [blocks[j][k] for j in live], batch_decoders=batch_decoders)
-            for j, res in zip(live, outs):
-                results[members[j]] += res
+        for i, res in zip(members, _encode_and_decode(recs, xs, False, batch_decoders)):
+            results[i] = res
+    return results
+
+
+@torch.no_grad()
+def finalize_batch(recs: list[Recognizer], batch_decoders: bool = True) -> list[list[Result]]:
+    """``finalize`` for many streams (distinct recognizers) that end at once, e.g. in one server pass.
+
+    Per model: the flush pad's features per stream, one ``step_batch(final=True)``, the decode rounds
+    of the last blocks as in :func:`process_batch`, then one
+    :meth:`~asr.decode.BlockDecoder.finalize_many` per decoder kind (SAR: one fusion call over the
+    carried tails) for the last segments. Each result list equals what ``rec.finalize()`` returns
+    (empty for a recognizer already finalized)."""
+    results: list[list[Result]] = [[] for _ in recs]
+    live = [i for i, rec in enumerate(recs) if not rec.finished]
+    for members in _by_model([recs[i] for i in live]):
+        idx = [live[j] for j in members]
+        group = [recs[i] for i in idx]
+        decoded = _encode_and_decode(group, [rec.flush_input() for rec in group], True, batch_decoders)
+        tokens: list[Tokens | None] = [None] * len(group)
+        for sub in _decoder_groups(group, batch_decoders):
+            finals = type(group[sub[0]].decoder).finalize_many([group[j].decoder for j in sub])
+            for j, tok in zip(sub, finals):
+                tokens[j] = tok
+        for i, rec, res, tok in zip(idx, group, decoded, tokens):
+            results[i] = rec.end_stream(res, tok)
     return results

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from asr.encoder import ConformerEncoder, EncoderConfig
+from asr.encoder.subsampling import pad_groups
 
 
 @pytest.mark.parametrize("left_blocks", [2, None])
@@ -40,3 +41,47 @@ def test_step_batch_equals_step(left_blocks):
         for s in range(n):
             want, _ = enc.step(streams[s][:, pos[s]:pos[s] + 3], single[s], final=True)
             assert torch.allclose(finals[s][0], want, atol=1e-5)
+
+
+@pytest.mark.parametrize("left_blocks", [1, None])
+def test_step_batch_equals_step_float64_mixed(left_blocks):
+    """Every stream a different length and state, chunks from 0 to 120 frames (so the batched
+    subsampling pads and splits into groups), some streams ending mid-call: float64-tight."""
+    torch.manual_seed(1)
+    enc = ConformerEncoder(EncoderConfig.tiny()).eval().double()
+    rng = random.Random(1)
+    n = 6
+    streams = [torch.randn(1, rng.randint(60, 400), 80, dtype=torch.float64) for _ in range(n)]
+    block = [4, 4, 4, 8, 4, None]
+    single = [enc.init_state(1, b, left_blocks, dtype=torch.float64) for b in block]
+    batched = list(single)
+    pos = [0] * n
+    with torch.no_grad():
+        while not all(s.finished for s in single):
+            live = [s for s in range(n) if not single[s].finished]
+            sizes = {s: rng.choice([0, 3, 7, 10, 16, 120]) for s in live}
+            finals = [pos[s] + sizes[s] >= streams[s].shape[1] for s in live]
+            chunks = [streams[s][:, pos[s]:pos[s] + sizes[s]] for s in live]
+            got = enc.step_batch(chunks, [batched[s] for s in live], final=finals)
+            for s, chunk, fin, (y, state) in zip(live, chunks, finals, got):
+                want, single[s] = enc.step(chunk, single[s], final=fin)
+                batched[s] = state
+                assert y.shape == want.shape
+                torch.testing.assert_close(y, want, rtol=0, atol=1e-10)
+                assert (state.offset, state.finished, state.feats.shape) == (
+                    single[s].offset, single[s].finished, single[s].feats.shape)
+                pos[s] += sizes[s]
+
+
+def test_compute_many_equals_compute():
+    torch.manual_seed(2)
+    sub = ConformerEncoder(EncoderConfig.tiny()).subsampling.double()
+    xs = [torch.randn(t, 80, dtype=torch.float64) for t in (7, 11, 10, 203, 15, 8)]
+    for x, y in zip(xs, sub.compute_many(xs)):
+        torch.testing.assert_close(y, sub.compute(x[None])[0], rtol=0, atol=1e-12)
+
+
+def test_pad_groups():
+    assert pad_groups([3, 2, 50, 3, 2]) == [[1, 4, 0, 3], [2]]
+    assert pad_groups([2, 3] * 16) == [list(range(0, 32, 2)) + list(range(1, 32, 2))]
+    assert pad_groups([]) == []

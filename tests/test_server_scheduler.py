@@ -171,3 +171,50 @@ def test_pass_interval_lets_later_audio_join_the_next_pass() -> None:
     assert factory.batch_sizes[:2] == [1, 2]
     assert len(window.calls) >= 1 and 0 < window.calls[0] <= 60.0
     assert [_finals(s) for s in streams] == [direct_finals(a) for a in audios]
+
+
+class _FinalizingFactory(BatchingFakeFactory):
+    """Offers `finalize_batch` too; records its batch sizes; `fail` makes it raise."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.finalize_sizes: list[int] = []
+        self.fail = fail
+
+    def finalize_batch(self, recs):
+        self.finalize_sizes.append(len(recs))
+        if self.fail:
+            raise RuntimeError("batched finalize failed")
+        return [rec.finalize() for rec in recs]
+
+
+def _end_together(factory, audios):
+    async def main():
+        sched = Scheduler(factory, max_batch=8)
+        sched.start()
+        streams = [await sched.open() for _ in audios]
+        for s, a in zip(streams, audios):  # all fed, then all ended, before the worker runs
+            sched.feed(s, _f32(a))
+        await asyncio.gather(*(sched.finalize(s) for s in streams))
+        await sched.stop()
+        return streams
+
+    return run(main())
+
+
+def test_streams_ending_in_one_pass_share_one_finalize_batch() -> None:
+    factory = _FinalizingFactory()
+    audios = [make_audio(1.5, 20 + i) for i in range(4)]
+    streams = _end_together(factory, audios)
+    assert factory.finalize_sizes == [4] and factory.batch_sizes == [4]
+    assert all(s.finalized and not s.failed for s in streams)
+    assert [_finals(s) for s in streams] == [direct_finals(a) for a in audios]
+
+
+def test_a_failing_finalize_batch_fails_its_streams_only() -> None:
+    factory = _FinalizingFactory(fail=True)
+    streams = _end_together(factory, [make_audio(1.0, 30 + i) for i in range(3)])
+    assert factory.finalize_sizes == [3]
+    for s in streams:
+        assert s.failed and not s.finalized
+        assert any(isinstance(d.error, RuntimeError) for d in s.take_outbox())

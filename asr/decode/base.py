@@ -60,6 +60,12 @@ class BlockDecoder:
         return id(self)
 
     @staticmethod
+    def finalize_many(decoders: Sequence["BlockDecoder"]) -> list[Tokens]:
+        """``finalize`` for several streams at once (their streams end together); equals calling each
+        decoder's ``finalize`` in turn. Batched decoders override it."""
+        return [decoder.finalize() for decoder in decoders]
+
+    @staticmethod
     def accept_blocks(decoders: Sequence["BlockDecoder"], encs: Sequence[torch.Tensor],
                       ctc_logps: Sequence[torch.Tensor]) -> None:
         """``accept_block`` for several streams at once (the next block of each); equals calling

@@ -100,6 +100,18 @@ class SarGreedyDecoder(BlockDecoder):
         for (d, window), lg in zip(live, logits):
             d._commit(window, lg, final=False)
 
+    @staticmethod
+    @torch.no_grad()
+    def finalize_many(decoders: Sequence["SarGreedyDecoder"]) -> list[Tokens]:
+        """``finalize`` for many streams of one SAR decoder: one fusion call over every carried tail."""
+        carried = [d for d in decoders if d.carry_enc is not None]
+        if carried:
+            logits = fuse_windows(carried[0].sar, [d.carry_enc for d in carried],
+                                  [torch.cat(d.lm_states) for d in carried])
+            for d, lg in zip(carried, logits):
+                d._commit(d.carry_enc, lg, final=True)  # leaves no carry: finalize() does the rest
+        return [d.finalize() for d in decoders]
+
     def partial(self) -> Tokens:
         return self.committed + self.tentative
 

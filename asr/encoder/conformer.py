@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -193,22 +194,26 @@ class ConformerEncoder(nn.Module):
         return self._layers(y, state)
 
     def step_batch(
-        self, xs: list[torch.Tensor], states: list[EncoderState], final: bool = False
+        self, xs: list[torch.Tensor], states: list[EncoderState], final: bool | Sequence[bool] = False
     ) -> list[tuple[torch.Tensor, EncoderState]]:
         """:meth:`step` for several independent single streams at once (a server's sessions).
 
-        The subsampling runs per stream; then streams with the same number of ready frames whose
-        caches have the same shape and the same positions relative to the new frames (every stream
-        in steady state: full left context, block-aligned) go through the conformer layers as one
-        batch. Masks and relative positions depend only on position differences, so each result
-        equals ``step(xs[i], states[i], final)``.
+        The subsampling runs once over every stream's new feature frames (with the frames each
+        state keeps for the convolutions' overlap), zero-padded to one length
+        (:meth:`Conv2dSubsampling.compute_many`). Then streams with the same number of ready frames
+        whose caches have the same shape and the same positions relative to the new frames (every
+        stream in steady state: full left context, block-aligned) go through the conformer layers
+        as one batch. Masks and relative positions depend only on position differences, so each
+        result equals ``step(xs[i], states[i], final[i])``.
 
         Args:
             xs: (1, t_i, F) feature frames per stream. states: their (batch-1) states.
+            final: for all streams, or one flag per stream (streams ending in this call).
         Returns:
             ``(y_i, state_i)`` per stream, as :meth:`step` returns them.
         """
-        fronts = [self._front(x, s, final) for x, s in zip(xs, states)]
+        finals = [final] * len(xs) if isinstance(final, bool) else list(final)
+        fronts = self._fronts(xs, states, finals)
         out: list[tuple[torch.Tensor, EncoderState] | None] = [None] * len(fronts)
         groups: dict[tuple, list[int]] = {}
         for i, (y, s) in enumerate(fronts):
@@ -226,6 +231,25 @@ class ConformerEncoder(nn.Module):
             for row, i in enumerate(members):
                 out[i] = (y[row:row + 1], self._row_state(new, batched, row, fronts[i][1]))
         return out  # type: ignore[return-value]
+
+    def _fronts(self, xs: list[torch.Tensor], states: list[EncoderState],
+                finals: list[bool]) -> list[tuple[torch.Tensor, EncoderState]]:
+        """:meth:`_front` of each stream; one subsampling call (per dtype) for the batch-1 streams."""
+        feats = [self._front_input(x, s) for x, s in zip(xs, states)]
+        n_new = [subsampled_length(f.shape[1]) for f in feats]
+        new: list[torch.Tensor | None] = [None] * len(feats)
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i, f in enumerate(feats):
+            if n_new[i] and f.shape[0] == 1:
+                by_dtype.setdefault(f.dtype, []).append(i)
+            elif n_new[i]:
+                new[i] = self.subsampling.compute(f[:, : STRIDE * n_new[i] + 3])
+        for members in by_dtype.values():
+            ys = self.subsampling.compute_many([feats[i][0, : STRIDE * n_new[i] + 3] for i in members])
+            for i, y in zip(members, ys):
+                new[i] = y[None]
+        return [self._front_split(s, f, None if y is None else self.dropout(y), fin)
+                for s, f, y, fin in zip(states, feats, new, finals)]
 
     def _group_key(self, y: torch.Tensor, s: EncoderState) -> tuple:
         """Streams with equal keys can share one batched :meth:`_layers` call (see :meth:`step_batch`)."""
@@ -253,14 +277,26 @@ class ConformerEncoder(nn.Module):
 
     def _front(self, x: torch.Tensor, state: EncoderState, final: bool) -> tuple[torch.Tensor, EncoderState]:
         """Subsampling: the frames of the blocks that became complete, and the state holding the rest."""
+        feats = self._front_input(x, state)
+        n_new = subsampled_length(feats.shape[1])
+        new = self.dropout(self.subsampling.compute(feats[:, : STRIDE * n_new + 3])) if n_new > 0 else None
+        return self._front_split(state, feats, new, final)
+
+    @staticmethod
+    def _front_input(x: torch.Tensor, state: EncoderState) -> torch.Tensor:
+        """The feature frames the subsampling sees: the state's unconsumed ones, then ``x``."""
         if state.finished:
             raise RuntimeError("step() called after final=True; start a new stream with init_state()")
-        feats = torch.cat([state.feats, x.to(state.feats.dtype)], dim=1)
-        n_new = subsampled_length(feats.shape[1])
+        return torch.cat([state.feats, x.to(state.feats.dtype)], dim=1)
+
+    @staticmethod
+    def _front_split(state: EncoderState, feats: torch.Tensor, new: torch.Tensor | None,
+                     final: bool) -> tuple[torch.Tensor, EncoderState]:
+        """After the subsampling turned ``feats`` into ``new`` (B, n, D) frames (None: none): the ready
+        frames and the state holding the rest."""
         frames = state.frames
-        if n_new > 0:
-            new = self.dropout(self.subsampling.compute(feats[:, : STRIDE * n_new + 3]))
-            feats = feats[:, STRIDE * n_new :]
+        if new is not None:
+            feats = feats[:, STRIDE * new.shape[1] :]
             frames = torch.cat([frames, new], dim=1)
         bs = state.block_size
         if final:

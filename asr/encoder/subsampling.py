@@ -6,9 +6,10 @@ import functools
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["Conv2dSubsampling", "subsampled_length"]
+__all__ = ["Conv2dSubsampling", "subsampled_length", "pad_groups"]
 
 RECEPTIVE_FIELD = 7  # input frames behind one output frame: 4t .. 4t + 6
 STRIDE = 4
@@ -51,6 +52,22 @@ class Conv2dSubsampling(nn.Module):
         h = torch.relu(self.conv2(h))  # (B, C, T', F')
         return self.proj(h.transpose(1, 2).flatten(2))  # (B, T', D)
 
+    def compute_many(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """:meth:`compute` of several independent inputs xs[i] (T_i, F) -> (subsampled_length(T_i), D).
+
+        The inputs are zero-padded at the end and run as batches (:func:`pad_groups` of their output
+        lengths, so one long input does not make every row pay for its padding). The convolutions
+        have no time padding, so padded input frames reach only output frames past ``n_i``, which are
+        dropped: each output is :meth:`compute` of that input alone (up to float rounding).
+        """
+        n_out = [subsampled_length(x.shape[0]) for x in xs]
+        out: list[torch.Tensor | None] = [None] * len(xs)
+        for group in pad_groups(n_out):
+            y = self.compute(pad_sequence([xs[i] for i in group], batch_first=True))  # (G, max n, D)
+            for row, i in enumerate(group):
+                out[i] = y[row, : n_out[i]]
+        return out  # type: ignore[return-value]
+
     def forward(self, x: torch.Tensor, chunk_frames: int = 1024, recompute: bool = False) -> torch.Tensor:
         """(B, T, F) -> (B, T', D), computed ``chunk_frames`` output frames at a time.
 
@@ -73,3 +90,22 @@ class Conv2dSubsampling(nn.Module):
             o1 = min(t_out, o0 + chunk_frames)
             outs.append(compute(x[:, STRIDE * o0 : STRIDE * o1 + 3]))
         return torch.cat(outs, dim=1)
+
+
+def pad_groups(lengths: list[int], max_waste: float = 2.0) -> list[list[int]]:
+    """Indices of ``lengths`` (> 0) in groups to pad to one length, so that each group's padded size
+    ``len(group) * max(length)`` is at most ``max_waste`` times its real size ``sum(length)``.
+
+    Greedy over the lengths in ascending order. Example: [3, 2, 50, 3, 2] -> [[1, 4, 0, 3], [2]].
+    """
+    groups: list[list[int]] = []
+    total = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        n = lengths[i]
+        if groups and (len(groups[-1]) + 1) * n <= max_waste * (total + n):
+            groups[-1].append(i)
+            total += n
+        else:
+            groups.append([i])
+            total = n
+    return groups
