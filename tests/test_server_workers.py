@@ -231,3 +231,39 @@ def test_sigterm_drains_every_session_through_workers() -> None:
         assert proc.wait(timeout=60) == 0 and proc.stdout.read().strip() == "exited 0"
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("decoder", ["ctc", "sar"])
+def test_workers_with_the_real_model_equal_one_process(tiny_model_dir, tts_corpus, decoder) -> None:
+    """The tiny model through `streaming_factory` in the model process: every session's finals
+    (native) and every Vosk reply equal the in-process server's with the same model."""
+    import functools
+
+    import soundfile as sf
+
+    from asr.data import read_manifest
+    from server.app import serve
+    from server.workers import streaming_factory
+    from streaming import make_recognizer_factory
+
+    settings = InferenceConfig(model=str(tiny_model_dir), decoder=decoder, block_ms=320)
+    config = ServerConfig(port=0, model_name="tiny", inference=settings)
+    rows = read_manifest(tts_corpus / "all.jsonl")
+    clips = [sf.read(rows[i]["audio"], dtype="int16")[0] for i in (1, 3)]
+
+    async def sessions(url):
+        jobs = []
+        for k, pcm in enumerate(clips):
+            frames = random_frames(pcm, 30 + k)
+            jobs += [astream_frames(url + "/asr", frames), _vosk_session(url + "/vosk", frames, None)]
+        out = await asyncio.gather(*jobs)
+        return [(out[i].text, out[i + 1]) for i in range(0, len(out), 2)]
+
+    async def in_process():
+        async with serve(config, make_recognizer_factory(settings)) as server:
+            return await sessions(server.url)
+
+    expected = run(in_process())
+    with pool(functools.partial(streaming_factory, settings), config=config) as p:
+        got = run(sessions(p.url))
+    assert got == expected and all(text for text, _ in got)
