@@ -327,7 +327,7 @@ class ModelService:
             while not front.gone and front.conn.poll():
                 self._on_message(front, front.conn.recv())
         except (EOFError, OSError):
-            log.warning("model: a front process went away; closing its %d stream(s)", len(front.streams))
+            log.warning("a front process went away; closing its %d stream(s)", len(front.streams))
             self._drop(front)
 
     def _drop(self, front: _Front) -> None:

@@ -231,6 +231,7 @@ class WorkerPool:
             pass
         self.model.join(30)
         if self.model.is_alive():
+            log.warning("the model process did not stop; killing it")
             self.model.kill()
             ok = False
         self._cleanup()
@@ -248,7 +249,9 @@ class WorkerPool:
             if front.is_alive():
                 front.kill()
                 front.join()
-            ok = ok and front.exitcode == 0
+            if front.exitcode != 0:
+                log.warning("front process %d exited with status %s", front.pid, front.exitcode)
+                ok = False
         return ok
 
     def _cleanup(self) -> None:
