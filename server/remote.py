@@ -327,7 +327,8 @@ class ModelService:
             while not front.gone and front.conn.poll():
                 self._on_message(front, front.conn.recv())
         except (EOFError, OSError):
-            log.warning("a front process went away; closing its %d stream(s)", len(front.streams))
+            (log.warning if front.streams else log.info)("a front process went away; closing its %d stream(s)",
+                                                         len(front.streams))
             self._drop(front)
 
     def _drop(self, front: _Front) -> None:
