@@ -10,6 +10,7 @@ as float32 bytes, results as (text, is_final, segment, words) tuples.
     front -> model  ("open", sid, settings) ("feed", sid, float32 bytes) ("finalize", sid) ("close", sid)
     model -> front  ("opened", sid, None | (kind, message))
                     ("report", sid, results, processed_samples, finalized, error text | None)
+                    ("pass", -1, wall seconds, audio seconds, streams)   (every pass, to every front: metrics)
 
 The front replays the scheduler's bookkeeping from the reports (pending audio, `idle`, `has_room`,
 progress deliveries), so the handlers see exactly what they see in one process.
@@ -22,6 +23,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Callable
@@ -77,14 +79,27 @@ class RemoteScheduler:
         max_pending_samples: `wait_for_room` blocks a stream with more unprocessed audio than this
             (the model process buffers it; this bounds it per stream, as in one process).
         on_lost: called once when the model process is gone (the front then stops).
+        on_latency: called with the seconds from a stream's oldest unreported audio being fed to
+            the report with its results (as `Scheduler.on_latency`, measured on the front).
+        on_pass: called for every model pass (all fronts' streams) with (wall s, audio s, streams).
     """
 
-    def __init__(self, conn: Connection, *, max_pending_samples: int, on_lost: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        max_pending_samples: int,
+        on_lost: Callable[[], None] | None = None,
+        on_latency: Callable[[float], None] | None = None,
+        on_pass: Callable[[float, float, int], None] | None = None,
+    ) -> None:
         self.conn = conn
         self.max_pending_samples = max_pending_samples
         self.on_lost = on_lost
+        self.on_latency = on_latency
+        self.on_pass = on_pass
         self.lost = False
-        self.passes = 0  # reports received (the model process counts the real passes)
+        self.passes = 0  # model passes (of every front's streams)
         self.max_batch_seen = 0
         self._ids = itertools.count()
         self._streams: dict[int, Stream] = {}
@@ -133,6 +148,8 @@ class RemoteScheduler:
         sid = self._sid[stream]
         self._fed[sid] += samples.size
         stream.pending_samples += samples.size
+        if stream.pending_since is None:
+            stream.pending_since = time.monotonic()
         if stream.pending_samples > self.max_pending_samples:
             stream.has_room.clear()
         stream.idle.clear()
@@ -180,6 +197,12 @@ class RemoteScheduler:
 
     def _on_message(self, message: tuple[Any, ...]) -> None:
         kind, sid = message[0], message[1]
+        if kind == "pass":
+            self.passes += 1
+            self.max_batch_seen = max(self.max_batch_seen, message[4])
+            if self.on_pass is not None:
+                self.on_pass(*message[2:])
+            return
         if kind == "opened":
             future = self._opening.get(sid)
             if future is not None and not future.done():
@@ -191,7 +214,6 @@ class RemoteScheduler:
         if stream is None:
             return  # closed here meanwhile
         _, _, packed, processed, finalized, error_text = message
-        self.passes += 1
         self._report(stream, self._fed[sid], [_unpack(p) for p in packed], processed, finalized, error_text)
 
     def _report(
@@ -203,6 +225,10 @@ class RemoteScheduler:
         stream.pending_samples = fed - processed
         if stream.pending_samples <= self.max_pending_samples:
             stream.has_room.set()
+        if results and stream.pending_since is not None and self.on_latency is not None:
+            self.on_latency(time.monotonic() - stream.pending_since)
+        if results or stream.pending_samples == 0:
+            stream.pending_since = time.monotonic() if stream.pending_samples else None
         stream.finalized = stream.finalized or finalized
         error = RuntimeError(error_text) if error_text is not None else None
         if error is not None:
@@ -295,7 +321,8 @@ class ModelService:
 
     def __init__(self, factory: Any, *, max_sessions: int, **scheduler_kwargs: Any) -> None:
         # the fronts bound pending audio per stream; here nothing waits on `has_room`
-        self.scheduler = _ReportingScheduler(factory, max_pending_samples=2**62, **scheduler_kwargs)
+        self.scheduler = _ReportingScheduler(factory, max_pending_samples=2**62, on_pass=self._on_pass,
+                                             **scheduler_kwargs)
         self.max_sessions = max_sessions
         self.fronts: list[_Front] = []
         self._opening = 0
@@ -309,6 +336,10 @@ class ModelService:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.scheduler.start()
+
+    def _on_pass(self, wall_s: float, audio_s: float, streams: int) -> None:
+        for front in self.fronts:  # each front's /metrics shows the model's passes
+            front.send(("pass", -1, wall_s, audio_s, streams))
 
     async def stop(self) -> None:
         for front in list(self.fronts):

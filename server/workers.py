@@ -16,9 +16,9 @@ its front as in one process. When the model process dies, every open session get
 says so (`internal`, "the model process exited ..."), the fronts stop, and the parent exits with
 status 1; it does not restart the model (the streams' decoder state died with it).
 
-Limits that stay per front: `/healthz` and `/metrics` count the sessions and audio of the front
-that answers (the model process enforces `max_sessions` across all fronts, each front also on its
-own); the model-pass and partial-latency metrics are not collected in this mode.
+Limits that stay per front: `/healthz` and `/metrics` count the sessions, audio and partial latency
+of the front that answers (the model process enforces `max_sessions` across all fronts, each front
+also on its own); the model-pass metrics are the model's, every front sees every pass.
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ async def _front_loop(config: ServerConfig, sock: socket.socket, address: str, a
     remote = RemoteScheduler(Client(address, family="AF_UNIX", authkey=authkey),
                              max_pending_samples=int(config.max_pending_s * SAMPLE_RATE), on_lost=stop.set)
     server = AsrServer(config, None, scheduler=remote, sock=sock)
+    remote.on_latency, remote.on_pass = server.metrics.partial_latency.observe, server.metrics.model_pass
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

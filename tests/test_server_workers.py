@@ -100,9 +100,13 @@ def test_settings_errors_and_healthz_through_workers() -> None:
 
     with pool() as p:
         transcript = run(main(p.url))
-        with urllib.request.urlopen(p.url.replace("ws", "http", 1) + "/healthz", timeout=30) as r:
+        http = p.url.replace("ws", "http", 1)
+        with urllib.request.urlopen(http + "/healthz", timeout=30) as r:
             health = json.loads(r.read())
+        with urllib.request.urlopen(http + "/metrics", timeout=30) as r:
+            metrics = dict(line.split(" ", 1) for line in r.read().decode().splitlines() if not line.startswith("#"))
     assert transcript.finals and health["status"] == "ok" and health["model"] == "fake"
+    assert float(metrics["asr_model_pass_seconds_count"]) >= 1  # every front sees the model's passes
 
 
 def test_model_that_fails_to_load_is_reported() -> None:
