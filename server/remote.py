@@ -4,8 +4,10 @@ A front process runs the usual protocol handlers against a `RemoteScheduler`, wh
 `Scheduler`'s per-stream API (open, feed, wait_for_room, drain, finalize, close) and keeps the
 same `Stream` fields up to date; the model process runs a `ModelService`, which feeds the real
 `Scheduler` (the same batching and `process_batch` as in one process) and reports every pass of
-every stream back. One `multiprocessing.connection` per front carries small tuples; audio travels
-as float32 bytes, results as (text, is_final, segment, words) tuples.
+every stream back. One `multiprocessing.connection` per front carries lists of small tuples (what
+one event-loop turn produced: one pipe write for all the frames a front read at once, or for all
+the reports of one model pass); audio travels as float32 bytes, results as (text, is_final,
+segment, words) tuples.
 
     front -> model  ("open", sid, settings) ("feed", sid, float32 bytes) ("finalize", sid) ("close", sid)
     model -> front  ("opened", sid, None | (kind, message))
@@ -106,6 +108,7 @@ class RemoteScheduler:
         self._sid: dict[Stream, int] = {}
         self._fed: dict[int, int] = {}  # samples sent per stream
         self._opening: dict[int, asyncio.Future[Any]] = {}
+        self._out: list[tuple[Any, ...]] = []  # sent at the end of this event-loop turn
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -115,6 +118,7 @@ class RemoteScheduler:
 
     async def stop(self) -> None:
         if self._loop is not None and not self.conn.closed:
+            self._flush()
             self._loop.remove_reader(self.conn.fileno())
             self.conn.close()
 
@@ -181,17 +185,27 @@ class RemoteScheduler:
 
     # -- internals ---------------------------------------------------------------------------
     def _send(self, message: tuple[Any, ...]) -> None:
-        if self.lost:
+        if self.lost or self.conn.closed:
+            return
+        self._out.append(message)
+        if len(self._out) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        messages, self._out = self._out, []
+        if not messages or self.lost or self.conn.closed:
             return
         try:
-            self.conn.send(message)
-        except (OSError, ValueError):  # broken pipe, or closed
+            self.conn.send(messages)
+        except (OSError, ValueError):  # broken pipe
             self._lose()
 
     def _readable(self) -> None:
         try:
             while self.conn.poll():
-                self._on_message(self.conn.recv())
+                for message in self.conn.recv():
+                    self._on_message(message)
         except (EOFError, OSError):
             self._lose()
 
@@ -265,18 +279,29 @@ class RemoteScheduler:
 
 class _Front:
     """The model process's end of one front's connection; a thread sends, so that a front that
-    reads slowly never blocks the model's event loop (and two full pipes can never deadlock)."""
+    reads slowly never blocks the model's event loop (and two full pipes can never deadlock).
+    What one event-loop turn sends (every report of a pass) goes as one list."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
         self.streams: dict[int, Stream] = {}
         self.gone = False
-        self._out: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._loop = loop
+        self._batch: list[tuple[Any, ...]] = []
+        self._out: queue.SimpleQueue[list[tuple[Any, ...]] | None] = queue.SimpleQueue()
         threading.Thread(target=self._sender, daemon=True, name="asr-front-send").start()
 
     def send(self, message: tuple[Any, ...]) -> None:
-        if not self.gone:
-            self._out.put(message)
+        if self.gone:
+            return
+        self._batch.append(message)
+        if len(self._batch) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch and not self.gone:
+            self._out.put(batch)
 
     def _sender(self) -> None:
         while (message := self._out.get()) is not None:
@@ -349,14 +374,16 @@ class ModelService:
     def add(self, conn: Connection) -> None:
         """Serve a new front's connection (event loop)."""
         assert self._loop is not None
-        front = _Front(conn)
+        front = _Front(conn, self._loop)
         self.fronts.append(front)
         self._loop.add_reader(conn.fileno(), self._readable, front)
 
     def _readable(self, front: _Front) -> None:
         try:
             while not front.gone and front.conn.poll():
-                self._on_message(front, front.conn.recv())
+                for message in front.conn.recv():
+                    if not front.gone:
+                        self._on_message(front, message)
         except (EOFError, OSError):
             (log.warning if front.streams else log.info)("a front process went away; closing its %d stream(s)",
                                                          len(front.streams))
