@@ -124,9 +124,9 @@ class RemoteScheduler:
 
     # -- the Scheduler's per-stream API --------------------------------------------------------
     async def open(self, settings: InferenceConfig | None = None) -> Stream:
-        """Raises ValueError (bad settings), ProtocolError (`server_busy`, `model_unavailable`)."""
+        """Raises ValueError (bad settings), ProtocolError (`server_busy`; `internal` once the model process is gone)."""
         if self.lost:
-            raise ProtocolError("model_unavailable", _LOST)
+            raise ProtocolError("internal", _LOST)
         sid = next(self._ids)
         assert self._loop is not None
         future = self._opening[sid] = self._loop.create_future()
@@ -266,7 +266,7 @@ class RemoteScheduler:
             self._loop.remove_reader(self.conn.fileno())
         for future in self._opening.values():
             if not future.done():
-                future.set_exception(ProtocolError("model_unavailable", _LOST))
+                future.set_exception(ProtocolError("internal", _LOST))
         for stream in self._streams.values():
             if not (stream.failed or stream.closed):
                 stream.failed = True
