@@ -271,3 +271,39 @@ def test_workers_with_the_real_model_equal_one_process(tiny_model_dir, tts_corpu
     with pool(functools.partial(streaming_factory, settings), config=config) as p:
         got = run(sessions(p.url))
     assert got == expected and all(text for text, _ in got)
+
+
+def test_asr_serve_workers_from_the_command_line(tiny_model_dir, tts_corpus) -> None:
+    """`asr serve --workers 2`: the ready line, a transcript equal to the in-process server's, and a
+    clean exit on SIGTERM."""
+    import re
+
+    import soundfile as sf
+
+    from asr.data import read_manifest
+    from server.app import serve
+    from streaming import make_recognizer_factory
+
+    pcm = sf.read(read_manifest(tts_corpus / "all.jsonl")[2]["audio"], dtype="int16")[0]
+    frames = random_frames(pcm, 41)
+    settings = InferenceConfig(model=str(tiny_model_dir), decoder="ctc", block_ms=320)
+
+    async def in_process():
+        async with serve(ServerConfig(port=0, inference=settings), make_recognizer_factory(settings)) as server:
+            return (await astream_frames(server.url + "/asr", frames)).text
+
+    expected = run(in_process())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "blockasr", "serve", "--workers", "2", "--model", str(tiny_model_dir),
+                             "--decoder", "ctc", "--block-ms", "320", "--port", "0", "--log-level", "WARNING"],
+                            cwd=root, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        match = re.search(r"on (ws://\S+)/asr .*2 front processes", line)
+        assert match, line
+        got = run(astream_frames(match.group(1) + "/asr", frames)).text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert got == expected and expected
