@@ -24,6 +24,7 @@ also on its own); the model-pass metrics are the model's, every front sees every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -116,11 +117,21 @@ async def _front_loop(config: ServerConfig, sock: socket.socket, address: str, a
     server = AsrServer(config, None, scheduler=remote, sock=sock)
     remote.on_latency, remote.on_pass = server.metrics.partial_latency.observe, server.metrics.model_pass
     loop = asyncio.get_running_loop()
+
+    def on_signal(*_: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: already stopping
+            loop.call_soon_threadsafe(stop.set)
+
+    # signal.signal, not loop.add_signal_handler (closing the loop restores the default action);
+    # once stopping, ignored: the second SIGTERM (the parent's, after a Ctrl-C or a `kill` to the
+    # whole process group) must not kill this front while it drains or exits.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     await server.start()
     status.send(("ready", server.port))
     await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     await server.shutdown()  # the drain: every open session gets its final (or the model's error)
     return 3 if remote.lost else 0
 
