@@ -206,15 +206,17 @@ sys.exit(status)
 """
 
 
-def test_sigterm_drains_every_session_through_workers() -> None:
-    """SIGTERM to the parent: each open session (on either front) gets the final of all the audio it
-    sent and `done` marked as cut by the drain; exit status 0."""
+@pytest.mark.parametrize("to_group, sig", [(False, signal.SIGTERM), (True, signal.SIGINT)])
+def test_sigterm_drains_every_session_through_workers(to_group: bool, sig: int) -> None:
+    """SIGTERM to the parent, or Ctrl-C (SIGINT to the whole process group: every front gets it and
+    then the parent's SIGTERM): each open session (on either front) gets the final of all the audio
+    it sent and `done` marked as cut by the drain; exit status 0."""
     from test_server_fake import direct_finals
 
     pcm = make_audio(1.5, 14)[:24000]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen([sys.executable, "-c", _SERVE_SCRIPT.format(tests=os.path.join(root, "tests"))],
-                            cwd=root, stdout=subprocess.PIPE, text=True)
+                            cwd=root, stdout=subprocess.PIPE, text=True, start_new_session=to_group)
     try:
         port = int(proc.stdout.readline())
 
@@ -224,7 +226,10 @@ def test_sigterm_drains_every_session_through_workers() -> None:
             for ws, got in zip(socks, seen):  # a message at 1.5 s: the model has had all the audio
                 while not got or got[-1].get("audio_s", 0) < 1.5:
                     got.append(json.loads(await ws.recv()))
-            proc.send_signal(signal.SIGTERM)
+            if to_group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
             for ws, got in zip(socks, seen):
                 got += await _until_closed(ws)
             return seen
