@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -137,6 +138,40 @@ class _ServerThread:
         self.thread.join(60)
 
 
+class _WorkerPool:
+    """`asr serve --workers N`: the server in N front processes and a model process
+    (server/workers.py); `cpu_s()` is the CPU time of all of them."""
+
+    def __init__(self, config, make_factory, workers: int) -> None:
+        from server.workers import WorkerPool
+
+        self.pool = WorkerPool(config, make_factory, workers, log_level="WARNING")
+        self.stop = threading.Event()
+
+    def __enter__(self):
+        self.pool.start()
+        self.thread = threading.Thread(target=self.pool.supervise, args=(self.stop,), daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(120)
+
+    @property
+    def port(self) -> int:
+        return self.pool.port
+
+    def cpu_s(self) -> float:
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for proc in [self.pool.model, *self.pool.fronts]:
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
+
+
 # -- client processes ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Job:
@@ -236,6 +271,7 @@ def markdown(report: dict) -> str:
         f"model {r['model'] or 'synthetic'}; {r['seconds_per_stream']:g} s per stream in {r['chunk_ms']} ms frames; "
         f"starts spread over {r['stagger_s']:g} s; "
         f"clients in {r['client_procs']} separate process(es); server batch window {r['batch_window_s']:g} s; "
+        f"server --workers {r.get('workers', 0)}; "
         f"{r['note'] or ''}".rstrip("; "),
         "",
         "| streams | p50 latency (s) | p99 latency (s) | max final lag (s) | server CPU (ms per stream-s) | real time |",
@@ -273,11 +309,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="client processes (the streams are spread over them)")
     p.add_argument("--max-latency", type=float, default=1.0, help="p99 latency and final lag that still count as real time")
     p.add_argument("--time-budget", type=float, default=300.0, help="stop starting new levels after this many seconds")
+    p.add_argument("--workers", type=int, default=0,
+                   help="serve as `asr serve --workers N`: N front processes and a model process (0: in this process)")
     p.add_argument("--note", default="", help="free text stored with the results (run conditions)")
     p.add_argument("--out", help="JSON path (default: benchmarks/results/server_load_<device>.json; .md beside it)")
     args = p.parse_args(argv)
     if args.client_procs < 1:
         p.error("--client-procs must be >= 1")
+    if args.workers < 0:
+        p.error("--workers must be >= 0")
 
     from asr.inference import InferenceConfig
     from server.config import ServerConfig
@@ -291,12 +331,16 @@ def main(argv: list[str] | None = None) -> int:
 
         factory = streaming.make_recognizer_factory(args.model, decoder=args.decoder, block_ms=args.block_ms,
                                                     device=args.device)
+        from server.workers import streaming_factory
+
+        make_factory = functools.partial(streaming_factory, factory.settings)
         device = str(next(factory.loaded.model.parameters()).device)
         if device.startswith("cuda") and torch.cuda.is_available():
             device = torch.cuda.get_device_name()
     else:
         kind = BatchedSyntheticFactory if args.synthetic_batch else SyntheticFactory
         factory = kind(args.synthetic_rtf)
+        make_factory = functools.partial(kind, args.synthetic_rtf)
         device = f"synthetic{'-batch' if args.synthetic_batch else ''}-rtf{args.synthetic_rtf:g}"
     n_samples = int(args.seconds * 16000)
     if args.audio:
@@ -313,16 +357,19 @@ def main(argv: list[str] | None = None) -> int:
     rows, began = [], time.monotonic()
     clients = _Clients(args.client_procs)
     try:
-        with _ServerThread(config, factory) as server:
+        serving = _ServerThread(config, factory) if args.workers == 0 else _WorkerPool(config, make_factory, args.workers)
+        with serving as server:
             url = f"ws://127.0.0.1:{server.port}/asr"
             for n in levels:
                 if time.monotonic() - began + args.seconds * 1.5 > args.time_budget:
                     print(f"time budget spent; stopping before {n} streams", file=sys.stderr)
                     break
                 stagger = args.chunk_ms / 1000 if args.stagger is None else args.stagger
-                cpu = time.process_time()  # this process is the server (its threads) and a waiting main thread
+                # the server: this process (its threads and a waiting main thread), or the worker processes
+                cpu_s = time.process_time if args.workers == 0 else server.cpu_s
+                cpu = cpu_s()
                 outcomes = clients.run_level(url, pcm, n, args.chunk_ms, stagger, timeout_s=args.seconds * 10 + 120)
-                cpu = time.process_time() - cpu
+                cpu = cpu_s() - cpu
                 row = summarize(n, outcomes, args.max_latency)
                 row["server_cpu_s"] = round(cpu, 3)
                 row["server_cpu_ms_per_stream_s"] = round(1000 * cpu / (n * args.seconds), 3)
@@ -333,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                       + (f"  errors: {row['errors']}" if row["errors"] else ""), file=sys.stderr, flush=True)
                 if not row["realtime"]:
                     break
-            scheduler = {"passes": server.scheduler.passes, "max_batch_seen": server.scheduler.max_batch_seen}
+            scheduler = ({"passes": server.scheduler.passes, "max_batch_seen": server.scheduler.max_batch_seen}
+                         if args.workers == 0 else None)  # counted in the model process
     finally:
         clients.close()
 
@@ -342,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": device, "model": args.model, "decoder": args.decoder, "block_ms": args.block_ms,
         "seconds_per_stream": args.seconds, "chunk_ms": args.chunk_ms, "max_latency_s": args.max_latency,
         "stagger_s": args.chunk_ms / 1000 if args.stagger is None else args.stagger,
-        "client_procs": args.client_procs, "batch_window_s": args.batch_window, "note": args.note,
+        "client_procs": args.client_procs, "batch_window_s": args.batch_window, "workers": args.workers,
+        "note": args.note,
         "max_realtime_streams": best, "levels": rows, "scheduler": scheduler,
     }
     print("\n" + markdown(report).split("\n", 4)[4])

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import ssl
 from typing import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
@@ -71,11 +72,20 @@ class AsrServer:
     """A running server. Use `serve()` rather than building one by hand."""
 
     def __init__(
-        self, config: ServerConfig, factory: RecognizerFactory, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self,
+        config: ServerConfig,
+        factory: RecognizerFactory | None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        *,
+        scheduler: Scheduler | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        """`scheduler` and `sock` are for the front processes of `--workers N` (server/workers.py):
+        a `RemoteScheduler` in place of the model, and the listening socket all fronts share."""
         self.config = config
         self.metrics = Metrics()
-        self.scheduler = Scheduler(
+        self._sock = sock
+        self.scheduler = scheduler or Scheduler(
             factory,
             max_batch=config.max_batch,
             max_chunk_samples=int(config.max_chunk_s * SAMPLE_RATE),
@@ -106,8 +116,9 @@ class AsrServer:
             tls.load_cert_chain(self.config.certfile, self.config.keyfile)
         self._ws = await ws_serve(
             self._handle,
-            self.config.host,
-            self.config.port,
+            None if self._sock else self.config.host,
+            None if self._sock else self.config.port,
+            sock=self._sock,
             process_request=make_process_request(self.ctx),
             compression=None,  # PCM does not compress; deflate would only cost CPU
             # Frames up to max_frame_bytes get a protocol error from us; far larger ones are cut off

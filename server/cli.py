@@ -56,6 +56,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
     perf.add_argument("--batch-window", type=float, default=0.0,
                       help="seconds between model passes at least, so that more streams share one (batched) pass; "
                            "adds up to this much latency (0: a pass as soon as audio arrives)")
+    perf.add_argument("--workers", type=int, default=0,
+                      help="front processes that speak WebSocket/HTTP on the one port, with the model in one more "
+                           "process, so that socket and JSON work does not share the model loop's GIL "
+                           "(0: everything in this process)")
     perf.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish open sessions on SIGTERM")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -96,12 +100,16 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         from asr.models.io import default_model_dir
 
         args.model = str(default_model_dir())
+    if args.workers < 0:
+        build_serve_parser().error(f"--workers must be >= 0, got {args.workers}")
     config = config_from_args(args)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for path in (config.certfile, config.keyfile):
         if path is not None and not Path(path).is_file():
             print(f"asr serve: TLS file not found: {path}", file=sys.stderr)
             return 2
+    if args.workers > 0:
+        return _serve_workers(config, args)
     try:
         import streaming  # the lead's package; heavy (torch), so imported only here
 
@@ -112,9 +120,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     from .app import run_server
 
     def ready(server: Any) -> None:
-        http = server.url.replace("ws", "http", 1)
-        print(f"serving {config.model_name} on {server.url}/asr (Vosk: /vosk, WeNet: /wenet); "
-              f"browser page {http}/, health {http}/healthz", file=sys.stderr, flush=True)
+        print(_ready_line(config, server.url), file=sys.stderr, flush=True)
 
     try:
         run_server(config, factory, on_ready=ready)
@@ -122,6 +128,32 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"asr serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _ready_line(config: ServerConfig, url: str) -> str:
+    http = url.replace("ws", "http", 1)
+    return (f"serving {config.model_name} on {url}/asr (Vosk: /vosk, WeNet: /wenet); "
+            f"browser page {http}/, health {http}/healthz")
+
+
+def _serve_workers(config: ServerConfig, args: argparse.Namespace) -> int:
+    """`--workers N`: the model loads in its own process (server/workers.py)."""
+    import functools
+
+    from .workers import WorkerError, run_workers, streaming_factory
+
+    def ready(pool: Any) -> None:
+        print(_ready_line(config, pool.url) + f"; {args.workers} front processes", file=sys.stderr, flush=True)
+
+    try:
+        return run_workers(config, functools.partial(streaming_factory, config.inference), args.workers,
+                           on_ready=ready, log_level=args.log_level)
+    except WorkerError as exc:
+        print(f"asr serve: cannot load model {args.model}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"asr serve: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 2
 
 
 def build_stream_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ from asr.inference import InferenceConfig
 from .config import SAMPLE_RATE
 from .limits import ProtocolError, parse_json_object, parse_sample_rate
 from .recognizer import Result, result_words
-from .scheduler import Delivery, Stream
+from .scheduler import Delivery, Stream, failure_message
 from .session import Session
 
 __all__ = ["ACK_EVERY_S", "StartOptions", "parse_start", "result_message", "handle"]
@@ -110,8 +110,9 @@ async def _pump(session: Session, stream: Stream, opts: StartOptions) -> None:
             reported_s = delivery.audio_s
         if delivery.error is not None:
             session.record_error("internal", repr(delivery.error))
-            await _send(session, {"type": "error", "code": "internal", "message": "recognizer failed"})
-            await session.close(1011, "recognizer failed")
+            message = failure_message(delivery.error)
+            await _send(session, {"type": "error", "code": "internal", "message": message})
+            await session.close(1011, message)
             return
 
 

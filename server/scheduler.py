@@ -25,12 +25,22 @@ from asr.inference import InferenceConfig
 from .config import SAMPLE_RATE
 from .recognizer import Recognizer, RecognizerFactory, Result, process_sequential
 
-__all__ = ["Delivery", "Stream", "Scheduler"]
+__all__ = ["Delivery", "ModelUnavailable", "Stream", "Scheduler", "failure_message"]
 
 log = logging.getLogger("server")
 
 BatchFn = Callable[[list[tuple[Recognizer, np.ndarray]]], list[list[Result]]]
 FinalizeFn = Callable[[list[Recognizer]], list[list[Result]]]
+
+
+class ModelUnavailable(RuntimeError):
+    """The model process is gone (`asr serve --workers N`): every open session fails with this
+    message instead of the generic "recognizer failed"."""
+
+
+def failure_message(error: BaseException) -> str:
+    """What a client is told when its stream failed with `error`."""
+    return str(error) if isinstance(error, ModelUnavailable) else "recognizer failed"
 
 
 @dataclass(frozen=True)

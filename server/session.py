@@ -7,11 +7,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 from websockets.asyncio.server import ServerConnection
 
-from asr.audio import StreamResampler
 from asr.inference import SettingsError
 
 from .admission import Admission
@@ -19,6 +18,9 @@ from .config import SAMPLE_RATE, ServerConfig
 from .limits import ProtocolError, decode_pcm
 from .metrics import Metrics
 from .scheduler import Scheduler, Stream
+
+if TYPE_CHECKING:
+    from asr.audio import StreamResampler
 
 __all__ = ["Context", "Session", "Message"]
 
@@ -165,7 +167,11 @@ class Session:
         another ``sample_rate`` is resampled to the model's as ``asr transcribe`` resamples a file."""
         self._take_slot()
         self.sample_rate = sample_rate
-        self._resampler = StreamResampler(sample_rate, SAMPLE_RATE) if sample_rate != SAMPLE_RATE else None
+        self._resampler = None
+        if sample_rate != SAMPLE_RATE:
+            from asr.audio import StreamResampler  # torch: a front process (--workers) loads it only when needed
+
+            self._resampler = StreamResampler(sample_rate, SAMPLE_RATE)
         try:
             settings = self.ctx.config.inference.override(overrides or {})
             self.stream = await self.ctx.scheduler.open(settings)

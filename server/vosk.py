@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from .config import SAMPLE_RATE
 from .limits import ProtocolError, parse_json_object, parse_sample_rate
 from .recognizer import Result, result_words
+from .scheduler import failure_message
 from .session import Session
 
 __all__ = ["VoskOptions", "is_vosk_first_message", "parse_config", "result_reply", "handle"]
@@ -86,7 +87,7 @@ async def _collect(session: Session) -> list[Result]:
     for delivery in session.stream.take_outbox():
         results += delivery.results
         if delivery.error is not None:
-            raise ProtocolError("internal", "recognizer failed")
+            raise ProtocolError("internal", failure_message(delivery.error))
     return results
 
 

@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from .config import SAMPLE_RATE
 from .limits import ProtocolError, parse_json_object, parse_sample_rate
 from .recognizer import Result, result_words
-from .scheduler import Delivery, Stream
+from .scheduler import Delivery, Stream, failure_message
 from .session import Session
 
 __all__ = ["WenetOptions", "parse_start_signal", "nbest_json", "handle"]
@@ -90,8 +90,9 @@ async def _pump(session: Session, stream: Stream, opts: WenetOptions) -> bool:
                 return True
         if delivery.error is not None:
             session.record_error("internal", repr(delivery.error))
-            await _send(session, {"status": "failed", "message": "recognizer failed", "code": "internal"})
-            await session.close(1011, "recognizer failed")
+            message = failure_message(delivery.error)
+            await _send(session, {"status": "failed", "message": message, "code": "internal"})
+            await session.close(1011, message)
             return True
 
 

@@ -32,3 +32,15 @@ def test_summarize_counts_failed_streams() -> None:
     assert row["completed"] == 1 and row["errors"] == ["ClientError('boom')"] and not row["realtime"]
     row = server_load.summarize(1, [ok], max_latency=1.0)
     assert row["realtime"] and row["latency_max_s"] == 0.2
+
+
+def test_load_through_worker_processes(tmp_path: Path) -> None:
+    """--workers 2: the server in front processes and a model process; every stream completes and
+    the server CPU is that of the worker processes."""
+    out = tmp_path / "load.json"
+    args = ["--synthetic-rtf", "0.01", "--synthetic-batch", "--seconds", "1.5", "--streams", "3",
+            "--client-procs", "1", "--max-latency", "1000", "--workers", "2", "--out", str(out)]
+    assert server_load.main(args) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["levels"]
+    assert report["workers"] == 2 and row["completed"] == 3 and row["errors"] == [] and row["server_cpu_s"] > 0
