@@ -22,3 +22,14 @@ def test_no_bare_design_reference():
     offenders = [p.relative_to(ROOT).as_posix() for d in ("asr", "streaming", "server", "recipes", "blockasr")
                  for p in (ROOT / d).rglob("*.py") if bare.search(p.read_text())]
     assert not offenders, offenders
+
+
+def test_ci_runs_the_readme_s_first_two_commands():
+    """CI (.ci/run) runs README command 1 (install + the main job) and command 2 (the tests) as
+    written: a README sample renamed in one but not the other went unnoticed once."""
+    block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip() and not line.startswith("#")][:2]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert len(commands) == 2 and all(c in ci for c in commands), commands
+    for sample in re.findall(r"samples/\S+", commands[0]):
+        assert (ROOT / sample).is_file(), sample
