@@ -132,3 +132,19 @@ def tiny_model_dir(tts_corpus, tmp_path_factory):
         schedule.step()
     return export_model_dir(model.state_dict(), cfg, fb, tok.path, out / "model",
                             provenance={"note": "test fixture"})
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    """The tiny model, loaded once per test module (a module may move it to another dtype)."""
+    from asr.models.io import load_model_dir
+
+    return load_model_dir(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def rows(tts_corpus):
+    """The tiny TTS corpus's manifest rows."""
+    from asr.data import read_manifest
+
+    return read_manifest(tts_corpus / "all.jsonl")

@@ -13,16 +13,10 @@ from asr.decode import SarGreedyDecoder, fuse_windows
 from asr.features import FbankConfig, OnlineFbank
 from asr.inference import InferenceConfig
 from asr.models.config import LMConfig, SARConfig
-from asr.models.io import load_model_dir
 from asr.models.sar import SARDecoder
 from streaming import Recognizer, process_batch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):
-    return load_model_dir(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,7 @@ from asr.audio import load_audio
 from asr.decode import SarGreedyDecoder
 from asr.data import read_manifest
 from asr.inference import InferenceConfig
-from asr.models.io import load_model_dir
 from streaming import Recognizer, finalize_batch, process_batch
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):
-    return load_model_dir(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

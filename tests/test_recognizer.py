@@ -12,10 +12,8 @@ import torch
 
 from asr.audio import load_audio, resample
 from blockasr.cli import main as asr_main
-from asr.data import read_manifest
 from asr.encoder import FRAME_MS, block_size_from_ms
 from asr.features import Fbank
-from asr.models.io import load_model_dir
 from asr.inference import InferenceConfig
 from asr.search.ctc import ctc_greedy
 from streaming import EndpointConfig, Recognizer, process_batch
@@ -25,16 +23,6 @@ from streaming.recognizer import flush_pad
 from conftest import SILENCE_LEVEL
 
 DECODERS = ["ctc", "sar", "bsbs", "offline"]
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):
-    return load_model_dir(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def rows(tts_corpus):
-    return read_manifest(tts_corpus / "all.jsonl")
 
 
 def _run(loaded, cfg, wave, sizes, batched=False, **options):

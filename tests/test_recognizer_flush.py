@@ -9,25 +9,13 @@ import pytest
 import torch
 
 from asr.audio import load_audio
-from asr.data import read_manifest
 from asr.encoder import FRAME_MS, block_size_from_ms
 from asr.inference import InferenceConfig
-from asr.models.io import load_model_dir
 from streaming import EndpointConfig, Recognizer, process_batch
 from streaming.recognizer import FLUSH_PAD_MS, flush_pad
 
 NO_ENDPOINT = EndpointConfig(trailing_blank_ms=None, max_segment_ms=None, max_silence_ms=None)
 SILENCE_S = 1.0  # the reference: this much digital silence appended to the audio
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):
-    return load_model_dir(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def rows(tts_corpus):
-    return read_manifest(tts_corpus / "all.jsonl")
 
 
 class _Recording:
