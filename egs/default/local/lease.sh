@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The run behind device.sh start (in the background, setsid): prepare, benchmark, train, export.
 #   bash egs/default/local/lease.sh END_EPOCH_S MODEL
-# env ALSO="m1 m2": conf/<m>.yaml trained beside MODEL on the same GPU at the same time, from scratch
-# (never --init), until MODEL's training ends, each exported to exp/<m>/model (log: /tmp/lease/<m>.log).
+# env ALSO="m1 m2": conf/<m>.yaml trained beside MODEL on the same GPU at the same time, until MODEL's
+# training ends, each exported to exp/<m>/model (log: /tmp/lease/<m>.log); from the carried weights
+# (--init /tmp/init-model) when conf/<m>.yaml has an `init:` line, else from scratch.
 # One run keeps the H200 about 26 % busy (its steps are bound by the host's kernel launches), so
 # two more should cost the main run little; they share the machine evenly, which makes them a fair
 # comparison of each other (conf/contextual.yaml against conf/plain.yaml).
@@ -50,13 +51,15 @@ for m in $also; do
   grep -q "cudnn_attention: false" conf/$m.yaml || sed -i "s/cudnn_attention: true/cudnn_attention: false/" conf/$m.yaml
   ( until grep -q "wave cache: .* GiB on" $lease/log.txt; do sleep 5; done
     secs=$(( train_end - $(date +%s) - 20 ))
-    echo "training $m for $secs s"
-    OMP_NUM_THREADS=6 ./run.sh --stage 2 --stop-stage 2 --model "$m" --train-seconds "$secs" \
+    init=()
+    grep -q "^init:" conf/$m.yaml && [ -f /tmp/init-model/model.pt ] && init=(--init /tmp/init-model)
+    echo "training $m for $secs s ${init[*]}"
+    OMP_NUM_THREADS=6 ./run.sh --stage 2 --stop-stage 2 --model "$m" --train-seconds "$secs" "${init[@]}" \
       || echo "training $m failed"
     ./run.sh --stage 3 --stop-stage 3 --model "$m" --average-num 5 || echo "export $m failed"
     echo "$m done: $(left) s left" ) > $lease/$m.log 2>&1 &
   pids+=($!)
-  echo "also training $m (from scratch, log $lease/$m.log)"
+  echo "also training $m (log $lease/$m.log)"
 done
 if [ "$train" -gt 30 ]; then
   init=()
