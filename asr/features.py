@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -131,16 +132,34 @@ class OnlineFbank(_FbankCore):
     @torch.no_grad()
     def accept(self, samples: torch.Tensor) -> torch.Tensor:
         """(n,) audio in [-1, 1] -> (t, num_mel_bins) new frames, on the module's device and dtype."""
-        cfg = self.cfg
-        buf = torch.cat([self._buffer, samples.to(self.window.device, self.window.dtype).flatten() * 32768.0])
-        n = num_frames(buf.numel(), cfg)
-        if n == 0:
-            self._buffer = buf
-            return buf.new_zeros(0, cfg.num_mel_bins)
-        frames = buf.unfold(0, cfg.window_size, cfg.window_shift)[:n]
-        self._buffer = buf[n * cfg.window_shift:]
-        self.frames_emitted += n
-        return self._frames_to_fbank(frames)
+        return OnlineFbank.accept_many([self], [samples])[0]
+
+    @staticmethod
+    @torch.no_grad()
+    def accept_many(fbanks: Sequence["OnlineFbank"], samples: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """:meth:`accept` for several streams at once (fbanks of one config, device and dtype, e.g.
+        a server pass): one host-to-device copy of all the new samples and one fbank computation
+        over every stream's new frames. Each result equals that stream's own ``accept``."""
+        first = fbanks[0]
+        cfg, window = first.cfg, first.window
+        if any(fb.cfg != cfg or fb.window.device != window.device or fb.window.dtype != window.dtype
+               for fb in fbanks):
+            raise ValueError("OnlineFbank.accept_many: the fbanks differ in config, device or dtype")
+        lens = [x.numel() for x in samples]
+        flat = torch.cat([torch.as_tensor(x).flatten() for x in samples])
+        new = (flat.to(window.device, window.dtype) * 32768.0).split(lens)
+        frames, counts = [], []
+        for fb, x in zip(fbanks, new):
+            buf = torch.cat([fb._buffer, x])
+            n = num_frames(buf.numel(), cfg)
+            if n:
+                frames.append(buf.unfold(0, cfg.window_size, cfg.window_shift)[:n])
+            fb._buffer = buf[n * cfg.window_shift:]
+            fb.frames_emitted += n
+            counts.append(n)
+        if not frames:
+            return [window.new_zeros(0, cfg.num_mel_bins) for _ in fbanks]
+        return list(first._frames_to_fbank(torch.cat(frames)).split(counts))
 
 
 class GlobalCMVN(nn.Module):

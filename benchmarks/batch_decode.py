@@ -15,7 +15,10 @@ tests/test_batch_decode.py). Writes benchmarks/results/batch_decode_<device>.md 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -32,8 +35,10 @@ from streaming import Recognizer, process_batch  # noqa: E402
 CHUNK_S = 0.64
 
 
-def _run(loaded, cfg, wave: np.ndarray, n: int, passes: int, batched: bool) -> tuple[float, list[str]]:
+def _run(loaded, cfg, wave: np.ndarray, n: int, passes: int, batched: bool,
+         profile: Path | None = None) -> tuple[float, list[str]]:
     chunk = int(CHUNK_S * 16000)
+    profiler = cProfile.Profile() if profile else None
     recs = [Recognizer(loaded, cfg) for _ in range(n)]
     starts = [(i * 2357) % (len(wave) - chunk * (passes + 1)) for i in range(n)]  # different states
     texts = [[] for _ in range(n)]
@@ -41,16 +46,34 @@ def _run(loaded, cfg, wave: np.ndarray, n: int, passes: int, batched: bool) -> t
     for p in range(passes + 1):
         work = [(r, wave[s + p * chunk: s + (p + 1) * chunk]) for r, s in zip(recs, starts)]
         t0 = time.perf_counter()
+        if profiler and p:
+            profiler.enable()
         out = process_batch(work, batch_decoders=batched)
         if loaded.model.ctc.weight.is_cuda:
             torch.cuda.synchronize()
+        if profiler and p:
+            profiler.disable()
         if p:  # pass 0 warms up
             times.append(time.perf_counter() - t0)
         for i, res in enumerate(out):
             texts[i] += [r.text for r in res if r.is_final]
     for i, r in enumerate(recs):
         texts[i] += [x.text for x in r.finalize() if x.is_final]
+    if profiler:
+        _write_profile(profiler, profile, f"{cfg.decoder}, {n} streams, {passes} batched passes")
     return float(np.mean(times)), [" ".join(t) for t in texts]
+
+
+def _write_profile(profiler: cProfile.Profile, path: Path, title: str) -> None:
+    """The passes' hottest functions, by own time and by cumulative time (where a pass waits)."""
+    buf = io.StringIO()
+    for key in ("tottime", "cumulative"):
+        buf.write(f"## {title}: top 30 by {key}\n")
+        pstats.Stats(profiler, stream=buf).sort_stats(key).print_stats(30)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(buf.getvalue())
+    print(f"profile: {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", type=int, default=8, help="timed passes per setting (after one warm-up)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile", default=None,
+                   help="also write cProfile tables of the batched passes (appended, one per setting) to this file")
     p.add_argument("--out", default=None, help="results stem (default benchmarks/results/batch_decode_<device>)")
     args = p.parse_args(argv)
 
@@ -74,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in [int(x) for x in args.streams.split(",")]:
             per_stream, want = _run(loaded, cfg, wave, n, args.passes, batched=False)
             batched, got = _run(loaded, cfg, wave, n, args.passes, batched=True)
+            if args.profile:  # a separate run: the profiler's overhead stays out of the timings
+                _run(loaded, cfg, wave, n, args.passes, batched=True, profile=Path(args.profile))
             row = {"decoder": decoder, "streams": n, "per_stream_s": round(per_stream, 4), "batched_s": round(batched, 4),
                    "per_stream_rtf": round(per_stream / CHUNK_S, 3), "batched_rtf": round(batched / CHUNK_S, 3),
                    "speedup": round(per_stream / batched, 2), "same_text": got == want}

@@ -30,8 +30,8 @@ from asr.models.io import LoadedModel
 from asr.models.lm import TransformerLM
 from streaming.endpoint import EndpointConfig, Endpointer
 
-__all__ = ["FLUSH_PAD_MS", "flush_frames", "flush_pad", "Result", "Recognizer", "decode_round", "process_batch",
-           "finalize_batch"]
+__all__ = ["FLUSH_PAD_MS", "flush_frames", "flush_pad", "Result", "Recognizer", "encoder_inputs", "decode_round",
+           "process_batch", "finalize_batch"]
 
 # The end-of-stream flush (finalize) appends digital silence, so that the stream ends as it would
 # if silence followed: the last word of a clip cut right after the speech is the one it gets with
@@ -166,17 +166,13 @@ class Recognizer:
     @torch.no_grad()
     def encoder_input(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Audio -> the normalised (1, t, F) feature frames that became complete."""
-        if self.finished:
-            raise RuntimeError("accept_waveform after finalize: create a new Recognizer per stream")
-        x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten()
-        self.samples += x.numel()
-        return self._features(x)
+        return encoder_inputs([self], [samples])[0]
 
     @torch.no_grad()
     def flush_input(self) -> torch.Tensor:
         """finalize's encoder input: the (1, t, F) features of :func:`flush_pad` (not counted in
         ``self.samples``: it is not the stream's audio)."""
-        return self._features(flush_pad(self.samples, self.block_size, self.loaded.features))
+        return _features([self], [flush_pad(self.samples, self.block_size, self.loaded.features)])[0]
 
     @torch.no_grad()
     def step_encoder(self, x: torch.Tensor, final: bool = False) -> tuple[torch.Tensor, bool]:
@@ -205,10 +201,11 @@ class Recognizer:
         audio_s = round(self.samples / self.loaded.features.sample_rate, 3)
         return [_clip_times(r, audio_s) for r in results]
 
-    def after_block(self, ctc_logp: torch.Tensor, final: bool) -> list[Result]:
-        """After the decoder took a block (its CTC log-probs (t, V)): endpointing and the partial."""
-        self.frames += ctc_logp.shape[0]
-        if self.endpointer.update(ctc_logp.argmax(-1).tolist()) and not final:
+    def after_block(self, labels: list[int], final: bool) -> list[Result]:
+        """After the decoder took a block (the per-frame argmax of its CTC log-probs, on the host):
+        endpointing and the partial."""
+        self.frames += len(labels)
+        if self.endpointer.update(labels) and not final:
             r = self._end_segment(always=False)
             return [] if r is None else [r]
         if self.partials:
@@ -220,14 +217,6 @@ class Recognizer:
         return []
 
     # ------------------------------------------------------------------ internals
-    @torch.no_grad()
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """(n,) samples -> the normalised (1, t, F) frames that became complete (the decoder sees
-        the raw frames too: the offline decoder re-encodes them at the segment's end)."""
-        feats = self.fbank.accept(x)  # (t, F)
-        self.decoder.accept_features(feats)
-        return self.model.cmvn(feats)[None]
-
     def _end_segment(self, always: bool, tokens: Tokens | None = None) -> Result | None:
         """The segment's final (None: silent and not ``always``); ``tokens``: the decoder's
         ``finalize()`` when the caller already ran it (finalize_batch)."""
@@ -253,19 +242,47 @@ def _clip_times(result: Result, audio_s: float) -> Result:
     return dataclasses.replace(result, words=words, start=min(result.start, audio_s), end=audio_s)
 
 
-def _ctc_logps(model, blocks: list[torch.Tensor], batched: bool) -> list[torch.Tensor]:
-    """CTC log-probs (t_i, V) of blocks (t_i, D): one call per block length when ``batched``."""
+@torch.no_grad()
+def encoder_inputs(recs: list[Recognizer], chunks: list[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
+    """:meth:`Recognizer.encoder_input` of several streams of one model: the new audio crosses to
+    the device in one copy and runs through one fbank and one CMVN call."""
+    waves = []
+    for rec, samples in zip(recs, chunks):
+        if rec.finished:
+            raise RuntimeError("accept_waveform after finalize: create a new Recognizer per stream")
+        x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten()
+        rec.samples += x.numel()
+        waves.append(x)
+    return _features(recs, waves)
+
+
+def _features(recs: list[Recognizer], waves: list[torch.Tensor]) -> list[torch.Tensor]:
+    """(n_i,) samples per stream -> the normalised (1, t_i, F) frames that became complete (the
+    decoder sees the raw frames too: the offline decoder re-encodes them at the segment's end)."""
+    feats = OnlineFbank.accept_many([rec.fbank for rec in recs], waves)  # (t_i, F) each
+    for rec, f in zip(recs, feats):
+        rec.decoder.accept_features(f)
+    normed = recs[0].model.cmvn(torch.cat(feats)).split([f.shape[0] for f in feats])
+    return [x[None] for x in normed]
+
+
+def _ctc_logps(model, blocks: list[torch.Tensor], batched: bool) -> tuple[list[torch.Tensor], list[list[int]]]:
+    """CTC log-probs (t_i, V) of blocks (t_i, D) and their per-frame argmax labels on the host:
+    one call and one device-to-host copy per block length when ``batched``."""
     if not batched or len(blocks) == 1:
-        return [model.ctc_logp(b) for b in blocks]
+        logps = [model.ctc_logp(b) for b in blocks]
+        return logps, [logp.argmax(-1).tolist() for logp in logps]
     out: list[torch.Tensor | None] = [None] * len(blocks)
+    labels: list[list[int] | None] = [None] * len(blocks)
     by_len: dict[int, list[int]] = {}
     for i, b in enumerate(blocks):
         by_len.setdefault(b.shape[0], []).append(i)
     for members in by_len.values():
         logp = model.ctc_logp(torch.stack([blocks[i] for i in members]))  # (B, t, V)
+        rows = logp.argmax(-1).tolist()
         for row, i in enumerate(members):
-            out[i] = logp[row]
-    return out  # type: ignore[return-value]
+            out[i], labels[i] = logp[row], rows[row]
+    return out, labels  # type: ignore[return-value]
 
 
 def _decoder_groups(recs: list[Recognizer], batched: bool) -> list[list[int]]:
@@ -283,11 +300,12 @@ def decode_round(recs: list[Recognizer], blocks: list[torch.Tensor], final: bool
     """The next block (t_i, D) of each stream (all of one model): CTC log-probs, the block decoders
     (one :meth:`~asr.decode.BlockDecoder.accept_blocks` call per decoder kind when ``batch_decoders``),
     then each stream's endpointer and partial. Each result list equals what that stream alone gives."""
-    logps = _ctc_logps(recs[0].model, blocks, batch_decoders)
+    logps, labels = _ctc_logps(recs[0].model, blocks, batch_decoders)
     for members in _decoder_groups(recs, batch_decoders):
         decoders = [recs[i].decoder for i in members]
-        type(decoders[0]).accept_blocks(decoders, [blocks[i] for i in members], [logps[i] for i in members])
-    return [rec.after_block(logp, final) for rec, logp in zip(recs, logps)]
+        type(decoders[0]).accept_blocks(decoders, [blocks[i] for i in members], [logps[i] for i in members],
+                                        [labels[i] for i in members])
+    return [rec.after_block(lab, final) for rec, lab in zip(recs, labels)]
 
 
 def _by_model(recs: list[Recognizer]) -> list[list[int]]:
@@ -324,7 +342,7 @@ def process_batch(work: list[tuple[Recognizer, np.ndarray]], batch_decoders: boo
     results: list[list[Result]] = [[] for _ in work]
     for members in _by_model([rec for rec, _ in work]):
         recs = [work[i][0] for i in members]
-        xs = [rec.encoder_input(work[i][1]) for rec, i in zip(recs, members)]
+        xs = encoder_inputs(recs, [work[i][1] for i in members])
         for i, res in zip(members, _encode_and_decode(recs, xs, False, batch_decoders)):
             results[i] = res
     return results
@@ -344,7 +362,8 @@ def finalize_batch(recs: list[Recognizer], batch_decoders: bool = True) -> list[
     for members in _by_model([recs[i] for i in live]):
         idx = [live[j] for j in members]
         group = [recs[i] for i in idx]
-        decoded = _encode_and_decode(group, [rec.flush_input() for rec in group], True, batch_decoders)
+        pads = [flush_pad(rec.samples, rec.block_size, rec.loaded.features) for rec in group]
+        decoded = _encode_and_decode(group, _features(group, pads), True, batch_decoders)
         tokens: list[Tokens | None] = [None] * len(group)
         for sub in _decoder_groups(group, batch_decoders):
             finals = type(group[sub[0]].decoder).finalize_many([group[j].decoder for j in sub])

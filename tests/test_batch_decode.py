@@ -10,10 +10,12 @@ import torch
 from asr.audio import load_audio
 from asr.data import read_manifest
 from asr.decode import SarGreedyDecoder, fuse_windows
+from asr.decode.sar import label_states
 from asr.features import FbankConfig, OnlineFbank
 from asr.inference import InferenceConfig
 from asr.models.config import LMConfig, SARConfig
 from asr.models.sar import SARDecoder
+from asr.tokenizer import SOS_EOS
 from streaming import Recognizer, process_batch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -74,6 +76,25 @@ def test_fuse_windows_pads_and_masks():
         for w, s, got in zip(windows, states, batched):
             want = sar.fuse(w[None], None, s[None], None)[0]
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_context", [None, 3])
+def test_label_states_equal_the_cached_lm_steps(max_context):
+    """The SAR label context in one padded causal pass equals the LM stepped token by token over a
+    KV cache (bounded to max_context), stream by stream."""
+    torch.manual_seed(0)
+    lm = LMConfig(d_model=32, n_layers=2, dropout=0.0, max_context=max_context, pos="rope")
+    sar = SARDecoder(30, 64, SARConfig(lm=lm, fusion_layers=1, dropout=0.0)).eval()
+    contexts = [[SOS_EOS, 3, 4, 5, 6, 7, 8], [SOS_EOS], [SOS_EOS, 9, 9, 2]]
+    with torch.no_grad():
+        states, lens = label_states(sar, contexts, torch.device("cpu"))
+        assert lens == [7, 1, 4] and states.shape[:2] == (3, 7)
+        for row, context in enumerate(contexts):
+            caches, want = sar.lm.empty_caches(1, torch.device("cpu")), []
+            for tok in context:
+                h, caches = sar.lm.step(torch.tensor([tok]), caches)
+                want.append(h)
+            torch.testing.assert_close(states[row, :len(context)], torch.cat(want), rtol=1e-5, atol=1e-5)
 
 
 def test_sar_streams_of_different_g_share_a_call(loaded):

@@ -137,7 +137,7 @@ def test_sar_label_context_carries_the_last_n_tokens(model):
     # the next segment starts from s_0 .. s_5 of "<sos> c_1 .. c_5", as if committed in earlier blocks
     with torch.no_grad():
         ref = model.sar.lm.hidden(torch.tensor([[SOS_EOS, *first.ids[-5:]]]))[0]
-    assert torch.allclose(torch.cat(carried.lm_states), ref, atol=1e-5)
+    assert torch.allclose(carried.lm_states(), ref, atol=1e-5)
     second = _feed(carried, *segs[1])
     assert carried.history == (first.ids + second.ids)[-5:]  # the context spans segments
     assert second.ids != _feed(plain, *segs[1]).ids  # the carried labels changed the result
@@ -152,7 +152,7 @@ def test_batched_sar_streams_with_different_contexts_equal_each_alone(model):
 
     blocks = [_segment(model, s, frames=16) for s in (8, 9, 10)]
     alone, batched = streams(), streams()
-    assert [len(torch.cat(d.lm_states)) for d in batched] == [1, 4, 10]
+    assert [len(d.lm_states()) for d in batched] == [1, 4, 10]
     for s in range(0, 16, 4):
         for d, (enc, logp) in zip(alone, blocks):
             d.accept_block(enc[s:s + 4], logp[s:s + 4])

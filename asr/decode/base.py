@@ -67,9 +67,11 @@ class BlockDecoder:
 
     @staticmethod
     def accept_blocks(decoders: Sequence["BlockDecoder"], encs: Sequence[torch.Tensor],
-                      ctc_logps: Sequence[torch.Tensor]) -> None:
+                      ctc_logps: Sequence[torch.Tensor], ctc_labels: Sequence[list[int]] | None = None) -> None:
         """``accept_block`` for several streams at once (the next block of each); equals calling
-        each decoder's ``accept_block`` in turn. Batched decoders override it."""
+        each decoder's ``accept_block`` in turn. Batched decoders override it. ``ctc_labels``: the
+        per-frame argmax of each ``ctc_logps`` on the host, where the caller has them already
+        (:func:`streaming.decode_round` takes a round's labels in one copy)."""
         for decoder, enc, logp in zip(decoders, encs, ctc_logps):
             decoder.accept_block(enc, logp)
 

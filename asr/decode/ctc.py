@@ -3,10 +3,12 @@ with ``beam > 1``, greedy partials and a CTC prefix beam search over the segment
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from asr.decode.base import BlockDecoder, Tokens
-from asr.search.ctc import CtcGreedyState, ctc_greedy_step, ctc_prefix_beam_search
+from asr.search.ctc import CtcGreedyState, ctc_greedy_labels, ctc_prefix_beam_search
 
 __all__ = ["CtcGreedyDecoder"]
 
@@ -24,7 +26,19 @@ class CtcGreedyDecoder(BlockDecoder):
         self.logp: list[torch.Tensor] = []  # kept for the final prefix beam search (beam > 1)
 
     def accept_block(self, enc: torch.Tensor, ctc_logp: torch.Tensor) -> None:
-        result, self.state = ctc_greedy_step(ctc_logp, self.state)
+        self._accept(ctc_logp, ctc_logp.argmax(-1).tolist())
+
+    @staticmethod
+    def accept_blocks(decoders: Sequence["CtcGreedyDecoder"], encs: Sequence[torch.Tensor],
+                      ctc_logps: Sequence[torch.Tensor], ctc_labels: Sequence[list[int]] | None = None) -> None:
+        """The greedy step of each stream on its labels (given by the caller: no device work here)."""
+        if ctc_labels is None:
+            ctc_labels = [logp.argmax(-1).tolist() for logp in ctc_logps]
+        for decoder, logp, labels in zip(decoders, ctc_logps, ctc_labels):
+            decoder._accept(logp, labels)
+
+    def _accept(self, ctc_logp: torch.Tensor, labels: list[int]) -> None:
+        result, self.state = ctc_greedy_labels(labels, self.state)
         self.tokens = self.tokens + Tokens(result.tokens, result.frames)
         if self.beam > 1:
             self.logp.append(ctc_logp)

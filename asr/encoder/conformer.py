@@ -228,8 +228,9 @@ class ConformerEncoder(nn.Module):
                 continue
             batched = self._stack_states([fronts[i][1] for i in members])
             y, new = self._layers(torch.cat([fronts[i][0] for i in members]), batched)
-            for row, i in enumerate(members):
-                out[i] = (y[row:row + 1], self._row_state(new, batched, row, fronts[i][1]))
+            rows = self._row_states(new, batched, [fronts[i][1] for i in members])
+            for i, y_row, state in zip(members, y.split(1), rows):
+                out[i] = (y_row, state)
         return out  # type: ignore[return-value]
 
     def _fronts(self, xs: list[torch.Tensor], states: list[EncoderState],
@@ -268,12 +269,20 @@ class ConformerEncoder(nn.Module):
             conv=tuple(torch.cat([s.conv[l] for s in states]) for l in range(len(first.conv))),
         )
 
-    def _row_state(self, new: EncoderState, batched: EncoderState, row: int, s: EncoderState) -> EncoderState:
-        """Row ``row`` of the batched result ``new`` as the next state of the stream whose state was ``s``."""
-        kv = tuple(KVCache(n.k[row:row + 1], n.v[row:row + 1], old.start + n.start - b.start, n.max_len)
-                   for n, old, b in zip(new.kv, s.kv, batched.kv))
-        conv = tuple(c[row:row + 1] for c in new.conv)
-        return dataclasses.replace(s, kv=kv, conv=conv, offset=new.offset - batched.offset + s.offset)
+    def _row_states(self, new: EncoderState, batched: EncoderState, olds: list[EncoderState]) -> list[EncoderState]:
+        """The rows of the batched result ``new`` as the next states of the streams whose states
+        were ``olds`` (each tensor split into its rows in one call: a row slice per stream, layer
+        and tensor costs more host time than the layers themselves at a thousand streams)."""
+        kv_rows = [list(zip(n.k.split(1), n.v.split(1))) for n in new.kv]  # [layer][row] -> (k, v)
+        conv_rows = [c.split(1) for c in new.conv]
+        moved = new.offset - batched.offset
+        out = []
+        for row, s in enumerate(olds):
+            kv = tuple(KVCache(*kv_rows[l][row], old.start + n.start - b.start, n.max_len)
+                       for l, (n, old, b) in enumerate(zip(new.kv, s.kv, batched.kv)))
+            conv = tuple(c[row] for c in conv_rows)
+            out.append(dataclasses.replace(s, kv=kv, conv=conv, offset=s.offset + moved))
+        return out
 
     def _front(self, x: torch.Tensor, state: EncoderState, final: bool) -> tuple[torch.Tensor, EncoderState]:
         """Subsampling: the frames of the blocks that became complete, and the state holding the rest."""

@@ -241,10 +241,11 @@ class ContextualBlockEncoder(ConformerEncoder):
         ctx = tuple(torch.cat([s.ctx[l] for s in states]) for l in range(len(states[0].ctx)))
         return dataclasses.replace(batched, ctx=ctx)
 
-    def _row_state(self, new: ContextualState, batched: ContextualState, row: int,
-                   s: ContextualState) -> ContextualState:
-        out = super()._row_state(new, batched, row, s)
-        return dataclasses.replace(out, ctx=tuple(c[row:row + 1] for c in new.ctx))
+    def _row_states(self, new: ContextualState, batched: ContextualState,
+                    olds: list[ContextualState]) -> list[ContextualState]:
+        ctx_rows = [c.split(1) for c in new.ctx]
+        return [dataclasses.replace(out, ctx=tuple(c[row] for c in ctx_rows))
+                for row, out in enumerate(super()._row_states(new, batched, olds))]
 
 
 def _attend(

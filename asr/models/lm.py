@@ -72,17 +72,25 @@ class TransformerLM(nn.Module):
         return mask if block_size is None else mask & blockwise_causal_mask(n, block_size, device)
 
     # ------------------------------------------------------------------ full sequences
-    def hidden(self, inputs: torch.Tensor, *, block_size: int | None = None) -> torch.Tensor:
+    def hidden(self, inputs: torch.Tensor, *, block_size: int | None = None,
+               max_context: int | None = None) -> torch.Tensor:
         """States ``s_j`` (B, U, D): ``s_j`` summarises ``inputs[:, :j + 1]`` (causal).
 
         Args:
             inputs: (B, U) token ids (positions 0 .. U-1).
             block_size: blockwise causal attention at inference (each query sees its own and the
                 previous block of ``block_size`` tokens); None = every earlier token.
+            max_context: each query also sees at most this many earlier positions, as a decoding
+                cache bounded to ``max_context`` keeps them (:meth:`empty_caches`); None = no bound.
         """
         x = self.embed(inputs)
+        n = inputs.shape[1]
         for i, layer in enumerate(self.layers):
-            x = layer(x, self.layer_mask(i, inputs.shape[1], inputs.device, block_size))
+            mask = self.layer_mask(i, n, inputs.device, block_size)
+            if max_context is not None:
+                pos = torch.arange(n, device=inputs.device)
+                mask = mask & (pos[:, None] - pos[None, :] <= max_context)
+            x = layer(x, mask)
         return self.norm(x)
 
     def forward(self, tokens: torch.Tensor, token_lens: torch.Tensor) -> Losses:

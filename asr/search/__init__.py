@@ -4,7 +4,7 @@ synchronous beam search. Everything works in natural-log probabilities on single
 from asr.search.beam_search import BeamSearch, BeamSearchConfig, SearchStep, rescore
 from asr.search.bsbs import BlockwiseBeamSearch, BsbsConfig
 from asr.search.ctc import (CtcAlignment, CtcGreedyResult, CtcGreedyState, ctc_forced_align,
-                            ctc_forced_align_batch, ctc_greedy, ctc_greedy_step,
+                            ctc_forced_align_batch, ctc_greedy, ctc_greedy_labels, ctc_greedy_step,
                             ctc_prefix_beam_search)
 from asr.search.ctc_prefix_score import CTCPrefixScorer, CtcPrefixCandidates, CtcPrefixState
 from asr.search.scorer import (BLANK, LENGTH_BONUS, SOS_EOS, Beam, Hypothesis, Memory,
@@ -23,6 +23,7 @@ __all__ = [
     "CtcGreedyState",
     "ctc_greedy",
     "ctc_greedy_step",
+    "ctc_greedy_labels",
     "ctc_prefix_beam_search",
     "CtcAlignment",
     "ctc_forced_align",

@@ -23,6 +23,7 @@ __all__ = [
     "CtcGreedyState",
     "ctc_greedy",
     "ctc_greedy_step",
+    "ctc_greedy_labels",
     "ctc_prefix_beam_search",
     "CtcAlignment",
     "ctc_forced_align",
@@ -50,12 +51,16 @@ class CtcGreedyState:
     num_frames: int = 0
 
 
-def _collapse(labels: Tensor, prev_label: int, offset: int, blank: int) -> CtcGreedyResult:
-    """Collapse per-frame labels (T,) given the label of the frame before them."""
-    prev = torch.cat([labels.new_tensor([prev_label]), labels[:-1]])
-    keep = (labels != blank) & (labels != prev)
-    frames = keep.nonzero().squeeze(1)
-    return CtcGreedyResult(labels[frames].tolist(), (frames + offset).tolist())
+def _collapse(labels: list[int], prev_label: int, offset: int, blank: int) -> CtcGreedyResult:
+    """Collapse per-frame labels given the label of the frame before them (on the host: a block's
+    labels cross to it in one copy, and the collapse is a few dozen integers)."""
+    tokens, frames = [], []
+    for t, lab in enumerate(labels):
+        if lab != blank and lab != prev_label:
+            tokens.append(lab)
+            frames.append(t + offset)
+        prev_label = lab
+    return CtcGreedyResult(tokens, frames)
 
 
 def ctc_greedy(logp: Tensor, blank: int = BLANK) -> CtcGreedyResult:
@@ -64,7 +69,7 @@ def ctc_greedy(logp: Tensor, blank: int = BLANK) -> CtcGreedyResult:
     Args:
         logp: (T, V) log-probabilities (or logits: only the argmax matters).
     """
-    return _collapse(logp.argmax(dim=-1), blank, 0, blank)
+    return _collapse(logp.argmax(dim=-1).tolist(), blank, 0, blank)
 
 
 def ctc_greedy_step(logp: Tensor, state: CtcGreedyState,
@@ -81,11 +86,17 @@ def ctc_greedy_step(logp: Tensor, state: CtcGreedyState,
     Returns:
         the tokens that spike in this block (absolute frame indices) and the new state.
     """
-    if logp.shape[0] == 0:
+    return ctc_greedy_labels(logp.argmax(dim=-1).tolist(), state, blank)
+
+
+def ctc_greedy_labels(labels: list[int], state: CtcGreedyState,
+                      blank: int = BLANK) -> tuple[CtcGreedyResult, CtcGreedyState]:
+    """:func:`ctc_greedy_step` from the block's per-frame argmax labels, already on the host (a
+    server pass takes every stream's labels in one device-to-host copy)."""
+    if not labels:
         return CtcGreedyResult([], []), state
-    labels = logp.argmax(dim=-1)
     result = _collapse(labels, state.prev_label, state.num_frames, blank)
-    return result, CtcGreedyState(int(labels[-1]), state.num_frames + logp.shape[0])
+    return result, CtcGreedyState(labels[-1], state.num_frames + len(labels))
 
 
 # ---------------------------------------------------------------------------------------------
