@@ -154,7 +154,7 @@ class OnlineFbank(_FbankCore):
             n = num_frames(buf.numel(), cfg)
             if n:
                 frames.append(buf.unfold(0, cfg.window_size, cfg.window_shift)[:n])
-            fb._buffer = buf[n * cfg.window_shift:]
+            fb._buffers["_buffer"] = buf[n * cfg.window_shift:]  # = fb._buffer, without Module.__setattr__
             fb.frames_emitted += n
             counts.append(n)
         if not frames:

@@ -201,12 +201,17 @@ class Recognizer:
         audio_s = round(self.samples / self.loaded.features.sample_rate, 3)
         return [_clip_times(r, audio_s) for r in results]
 
-    def after_block(self, labels: list[int], final: bool) -> list[Result]:
+    def endpoint(self, labels: list[int], final: bool) -> bool:
         """After the decoder took a block (the per-frame argmax of its CTC log-probs, on the host):
-        endpointing and the partial."""
+        the endpointer's verdict, True when the segment ends here (never on the stream's last blocks)."""
         self.frames += len(labels)
-        if self.endpointer.update(labels) and not final:
-            r = self._end_segment(always=False)
+        return self.endpointer.update(labels) and not final
+
+    def after_block(self, segment_tokens: Tokens | None) -> list[Result]:
+        """The block's results once :meth:`endpoint` said: with ``segment_tokens`` (the decoder's
+        ``finalize`` of an ended segment) the segment's final, else the partial if it changed."""
+        if segment_tokens is not None:
+            r = self._end_segment(always=False, tokens=segment_tokens)
             return [] if r is None else [r]
         if self.partials:
             text = self.tokenizer.decode(self.decoder.partial().ids)
@@ -299,13 +304,20 @@ def decode_round(recs: list[Recognizer], blocks: list[torch.Tensor], final: bool
                  batch_decoders: bool = True) -> list[list[Result]]:
     """The next block (t_i, D) of each stream (all of one model): CTC log-probs, the block decoders
     (one :meth:`~asr.decode.BlockDecoder.accept_blocks` call per decoder kind when ``batch_decoders``),
-    then each stream's endpointer and partial. Each result list equals what that stream alone gives."""
+    each stream's endpointer, one :meth:`~asr.decode.BlockDecoder.finalize_many` per decoder kind for
+    the segments that end, then the finals and partials. Each result list equals what that stream
+    alone gives."""
     logps, labels = _ctc_logps(recs[0].model, blocks, batch_decoders)
     for members in _decoder_groups(recs, batch_decoders):
         decoders = [recs[i].decoder for i in members]
         type(decoders[0]).accept_blocks(decoders, [blocks[i] for i in members], [logps[i] for i in members],
                                         [labels[i] for i in members])
-    return [rec.after_block(lab, final) for rec, lab in zip(recs, labels)]
+    ending = [i for i, (rec, lab) in enumerate(zip(recs, labels)) if rec.endpoint(lab, final)]
+    tokens: dict[int, Tokens] = {}
+    for sub in _decoder_groups([recs[i] for i in ending], batch_decoders):  # one finalize_many per kind
+        idx = [ending[j] for j in sub]
+        tokens.update(zip(idx, type(recs[idx[0]].decoder).finalize_many([recs[i].decoder for i in idx])))
+    return [rec.after_block(tokens.get(i)) for i, rec in enumerate(recs)]
 
 
 def _by_model(recs: list[Recognizer]) -> list[list[int]]:
