@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torchaudio.compliance.kaldi import get_mel_banks
@@ -121,45 +122,50 @@ class OnlineFbank(_FbankCore):
 
     def __init__(self, cfg: FbankConfig):
         super().__init__(cfg)
-        # a buffer, so that .to(device, dtype) moves the samples not yet framed with the filters
-        self.register_buffer("_buffer", torch.zeros(0), persistent=False)
+        # The samples not yet framed (less than one window) stay on the host, where audio arrives:
+        # accept_many sends them to the module's device with every stream's new samples in one copy.
+        self.pending = np.zeros(0, np.float32)
         self.frames_emitted = 0
 
     def reset(self) -> None:
-        self._buffer = self._buffer.new_zeros(0)
+        self.pending = self.pending[:0]
         self.frames_emitted = 0
 
     @torch.no_grad()
-    def accept(self, samples: torch.Tensor) -> torch.Tensor:
+    def accept(self, samples: torch.Tensor | np.ndarray) -> torch.Tensor:
         """(n,) audio in [-1, 1] -> (t, num_mel_bins) new frames, on the module's device and dtype."""
         return OnlineFbank.accept_many([self], [samples])[0]
 
     @staticmethod
     @torch.no_grad()
-    def accept_many(fbanks: Sequence["OnlineFbank"], samples: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def accept_many(fbanks: Sequence["OnlineFbank"], samples: Sequence[torch.Tensor | np.ndarray]) -> list[torch.Tensor]:
         """:meth:`accept` for several streams at once (fbanks of one config, device and dtype, e.g.
-        a server pass): one host-to-device copy of all the new samples and one fbank computation
-        over every stream's new frames. Each result equals that stream's own ``accept``."""
+        a server pass). The framing is host arithmetic; the device gets one copy of the samples and
+        one of the frame starts, gathers every stream's frames at once and runs one fbank over them.
+        Each result equals that stream's own ``accept``."""
         first = fbanks[0]
         cfg, window = first.cfg, first.window
         if any(fb.cfg != cfg or fb.window.device != window.device or fb.window.dtype != window.dtype
                for fb in fbanks):
             raise ValueError("OnlineFbank.accept_many: the fbanks differ in config, device or dtype")
-        lens = [x.numel() for x in samples]
-        flat = torch.cat([torch.as_tensor(x).flatten() for x in samples])
-        new = (flat.to(window.device, window.dtype) * 32768.0).split(lens)
-        frames, counts = [], []
-        for fb, x in zip(fbanks, new):
-            buf = torch.cat([fb._buffer, x])
-            n = num_frames(buf.numel(), cfg)
-            if n:
-                frames.append(buf.unfold(0, cfg.window_size, cfg.window_shift)[:n])
-            fb._buffers["_buffer"] = buf[n * cfg.window_shift:]  # = fb._buffer, without Module.__setattr__
+        host = np.float64 if window.dtype == torch.float64 else np.float32  # the samples' precision on the device
+        bufs, starts, counts, offset = [], [], [], 0
+        for fb, x in zip(fbanks, samples):
+            x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+            buf = np.concatenate([fb.pending.astype(host, copy=False), x.astype(host, copy=False).ravel()])
+            n = num_frames(len(buf), cfg)
+            starts.append(offset + cfg.window_shift * np.arange(n))
+            fb.pending = buf[n * cfg.window_shift:]
             fb.frames_emitted += n
+            bufs.append(buf)
             counts.append(n)
-        if not frames:
+            offset += len(buf)
+        if not sum(counts):
             return [window.new_zeros(0, cfg.num_mel_bins) for _ in fbanks]
-        return list(first._frames_to_fbank(torch.cat(frames)).split(counts))
+        flat = torch.from_numpy(np.concatenate(bufs)).to(window.device)
+        start = torch.from_numpy(np.concatenate(starts)).to(window.device)
+        frames = flat[start[:, None] + torch.arange(cfg.window_size, device=window.device)]  # (sum t_i, win)
+        return list(first._frames_to_fbank(frames.to(window.dtype) * 32768.0).split(counts))
 
 
 class GlobalCMVN(nn.Module):

@@ -103,14 +103,31 @@ def test_sar_streams_of_different_g_share_a_call(loaded):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_online_fbank_moves_its_buffer(device):
+def test_online_fbank_follows_the_module(device):
+    """Frames come out on the module's device and dtype; the samples not yet framed wait on the
+    host (as they arrived) and cross with the next chunk."""
     fb = OnlineFbank(FbankConfig()).to(device, torch.float64)
-    assert fb.accept(torch.zeros(300)).shape == (0, 80)
-    assert fb._buffer.dtype == torch.float64 and fb._buffer.device.type == device
+    assert fb.accept(torch.zeros(300)).shape == (0, 80) and fb.pending.shape == (300,)
     frames = fb.accept(torch.zeros(260))
     assert frames.shape == (2, 80) and frames.dtype == torch.float64 and frames.device.type == device
+    assert fb.pending.shape == (560 - 2 * 160,)
     fb.reset()
-    assert fb._buffer.dtype == torch.float64 and fb._buffer.numel() == 0
+    assert fb.pending.size == 0 and fb.frames_emitted == 0
+
+
+def test_online_fbank_many_streams_equal_each_alone():
+    """accept_many over streams with different pending samples and chunk sizes (some give no
+    frame) equals each stream's own accept."""
+    g = torch.Generator().manual_seed(0)
+    chunks = [[torch.rand(n, generator=g) - 0.5 for n in sizes]
+              for sizes in ([300, 260, 1600], [100, 100, 5000], [4000, 0, 399], [401, 159, 161])]
+    alone = [OnlineFbank(FbankConfig()) for _ in chunks]
+    many = [OnlineFbank(FbankConfig()) for _ in chunks]
+    for step in range(3):
+        want = [fb.accept(c[step]) for fb, c in zip(alone, chunks)]
+        got = OnlineFbank.accept_many(many, [c[step] for c in chunks])
+        for w, x in zip(want, got):
+            torch.testing.assert_close(x, w, rtol=1e-5, atol=1e-4)  # one batched FFT and matmul: rounding only
 
 
 @pytest.mark.parametrize("device", DEVICES)
