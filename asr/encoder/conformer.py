@@ -235,22 +235,29 @@ class ConformerEncoder(nn.Module):
 
     def _fronts(self, xs: list[torch.Tensor], states: list[EncoderState],
                 finals: list[bool]) -> list[tuple[torch.Tensor, EncoderState]]:
-        """:meth:`_front` of each stream; one subsampling call (per dtype) for the batch-1 streams."""
-        feats = [self._front_input(x, s) for x, s in zip(xs, states)]
-        n_new = [subsampled_length(f.shape[1]) for f in feats]
-        new: list[torch.Tensor | None] = [None] * len(feats)
-        by_dtype: dict[torch.dtype, list[int]] = {}
-        for i, f in enumerate(feats):
-            if n_new[i] and f.shape[0] == 1:
-                by_dtype.setdefault(f.dtype, []).append(i)
-            elif n_new[i]:
-                new[i] = self.subsampling.compute(f[:, : STRIDE * n_new[i] + 3])
-        for members in by_dtype.values():
-            ys = self.subsampling.compute_many([feats[i][0, : STRIDE * n_new[i] + 3] for i in members])
-            for i, y in zip(members, ys):
-                new[i] = y[None]
-        return [self._front_split(s, f, None if y is None else self.dropout(y), fin)
-                for s, f, y, fin in zip(states, feats, new, finals)]
+        """:meth:`_front` of each stream. Batch-1 streams of one dtype (a server's sessions) share one
+        subsampling call, and the state's frames join the new ones in one cat and one split for all
+        the streams, not one cat per stream; any other mix runs :meth:`_front` stream by stream."""
+        if not xs:
+            return []
+        dtype = states[0].feats.dtype
+        if not all(x.shape[0] == 1 and s.feats.shape[0] == 1 and s.feats.dtype == dtype for x, s in zip(xs, states)):
+            return [self._front(x, s, f) for x, s, f in zip(xs, states, finals)]
+        for s in states:
+            _check_not_finished(s)
+        feats = _cat_rows([(s.feats[0], x[0].to(dtype)) for x, s in zip(xs, states)])  # (t_i, F) per stream
+        n_new = [subsampled_length(f.shape[0]) for f in feats]
+        live = [i for i, n in enumerate(n_new) if n]
+        new: list[tuple[torch.Tensor, ...]] = [()] * len(feats)
+        for i, y in zip(live, self.subsampling.compute_many([feats[i][: STRIDE * n_new[i] + 3] for i in live])):
+            new[i] = (self.dropout(y),)
+        frames = _cat_rows([(s.frames[0], *y) for s, y in zip(states, new)])  # (t'_i, D) per stream
+        out = []
+        for s, f, fr, n, fin in zip(states, feats, frames, n_new, finals):
+            ready = _ready_frames(fr.shape[0], s.block_size, fin)
+            out.append((fr[None, :ready], dataclasses.replace(s, feats=f[None, STRIDE * n:], frames=fr[None, ready:],
+                                                              finished=fin)))
+        return out
 
     def _group_key(self, y: torch.Tensor, s: EncoderState) -> tuple:
         """Streams with equal keys can share one batched :meth:`_layers` call (see :meth:`step_batch`)."""
@@ -294,8 +301,7 @@ class ConformerEncoder(nn.Module):
     @staticmethod
     def _front_input(x: torch.Tensor, state: EncoderState) -> torch.Tensor:
         """The feature frames the subsampling sees: the state's unconsumed ones, then ``x``."""
-        if state.finished:
-            raise RuntimeError("step() called after final=True; start a new stream with init_state()")
+        _check_not_finished(state)
         return torch.cat([state.feats, x.to(state.feats.dtype)], dim=1)
 
     @staticmethod
@@ -307,13 +313,7 @@ class ConformerEncoder(nn.Module):
         if new is not None:
             feats = feats[:, STRIDE * new.shape[1] :]
             frames = torch.cat([frames, new], dim=1)
-        bs = state.block_size
-        if final:
-            ready = frames.shape[1]
-        elif bs is None:
-            ready = 0  # full context: everything is one block, emitted at the end
-        else:
-            ready = (frames.shape[1] // bs) * bs
+        ready = _ready_frames(frames.shape[1], state.block_size, final)
         return frames[:, :ready], dataclasses.replace(state, feats=feats, frames=frames[:, ready:], finished=final)
 
     def _layers(self, y: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
@@ -330,6 +330,26 @@ class ConformerEncoder(nn.Module):
             kv.append(layer_kv)
             conv.append(layer_conv)
         return y, dataclasses.replace(state, kv=tuple(kv), conv=tuple(conv), offset=state.offset + ready)
+
+
+def _ready_frames(n: int, block_size: int | None, final: bool) -> int:
+    """Of ``n`` subsampled frames waiting, those the layers take now: whole blocks (all at the end)."""
+    if final:
+        return n
+    if block_size is None:
+        return 0  # full context: everything is one block, emitted at the end
+    return (n // block_size) * block_size
+
+
+def _cat_rows(groups: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """Each group's tensors concatenated along dim 0, for all the groups in one cat and one split."""
+    lens = [sum(t.shape[0] for t in g) for g in groups]
+    return list(torch.cat([t for g in groups for t in g]).split(lens))
+
+
+def _check_not_finished(state: EncoderState) -> None:
+    if state.finished:
+        raise RuntimeError("step() called after final=True; start a new stream with init_state()")
 
 
 def _check_block_args(block_size: int | None, left_blocks: int | None) -> None:
