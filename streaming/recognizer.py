@@ -144,6 +144,7 @@ class Recognizer:
         self.frames = 0  # encoder frames so far
         self.segment_start = 0  # encoder frame where the current segment starts
         self.last_partial = ""
+        self._partial_ids: list[int] = []  # the tokens behind last_partial
         self.finished = False
         self.samples = 0  # audio samples accepted (the stream's real length, without the flush pad)
 
@@ -214,7 +215,11 @@ class Recognizer:
             r = self._end_segment(always=False, tokens=segment_tokens)
             return [] if r is None else [r]
         if self.partials:
-            text = self.tokenizer.decode(self.decoder.partial().ids)
+            ids = self.decoder.partial().ids
+            if ids == self._partial_ids:
+                return []  # the same tokens: the same text (no detokenizing on most blocks)
+            self._partial_ids = ids
+            text = self.tokenizer.decode(ids)
             if text != self.last_partial:
                 self.last_partial = text
                 return [Result(text, False, self.segment, start=_seconds(self.segment_start),
@@ -233,6 +238,7 @@ class Recognizer:
         self.endpointer.reset()
         self.segment_start = self.frames
         self.last_partial = ""
+        self._partial_ids = []
         if not text and not always:
             return None  # a silent segment: nothing to report
         self.segment += 1
