@@ -250,7 +250,7 @@ class ConformerEncoder(nn.Module):
         live = [i for i, n in enumerate(n_new) if n]
         new: list[tuple[torch.Tensor, ...]] = [()] * len(feats)
         for i, y in zip(live, self.subsampling.compute_many([feats[i][: STRIDE * n_new[i] + 3] for i in live])):
-            new[i] = (self.dropout(y),)
+            new[i] = (self.dropout(y) if self.training else y,)  # (no module call per stream when serving)
         frames = _cat_rows([(s.frames[0], *y) for s, y in zip(states, new)])  # (t'_i, D) per stream
         out = []
         for s, f, fr, n, fin in zip(states, feats, frames, n_new, finals):
