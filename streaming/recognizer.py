@@ -257,13 +257,11 @@ def _clip_times(result: Result, audio_s: float) -> Result:
 def encoder_inputs(recs: list[Recognizer], chunks: list[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
     """:meth:`Recognizer.encoder_input` of several streams of one model: the new audio crosses to
     the device in one copy and runs through one fbank and one CMVN call."""
-    waves = []
-    for rec, samples in zip(recs, chunks):
-        if rec.finished:
-            raise RuntimeError("accept_waveform after finalize: create a new Recognizer per stream")
-        x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten()
+    if any(rec.finished for rec in recs):  # before any stream's state changes
+        raise RuntimeError("accept_waveform after finalize: create a new Recognizer per stream")
+    waves = [torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten() for samples in chunks]
+    for rec, x in zip(recs, waves):
         rec.samples += x.numel()
-        waves.append(x)
     return _features(recs, waves)
 
 
