@@ -73,6 +73,26 @@ def test_step_batch_equals_step_float64_mixed(left_blocks):
                 pos[s] += sizes[s]
 
 
+def test_step_batch_with_a_batched_state_runs_each_front_alone():
+    """A batch-2 state among batch-1 streams (not joinable in one front cat): each stream still
+    gets what its own step gives, and finishing one raises for it as step does."""
+    torch.manual_seed(2)
+    enc = ConformerEncoder(EncoderConfig.tiny()).eval().double()
+    xs = [torch.randn(b, 90, 80, dtype=torch.float64) for b in (1, 2, 1)]
+    single = [enc.init_state(b, 4, 2, dtype=torch.float64) for b in (1, 2, 1)]
+    batched = list(single)
+    with torch.no_grad():
+        for s0 in range(0, 90, 30):
+            got = enc.step_batch([x[:, s0:s0 + 30] for x in xs], batched)
+            for i, (y, state) in enumerate(got):
+                want, single[i] = enc.step(xs[i][:, s0:s0 + 30], single[i])
+                torch.testing.assert_close(y, want, rtol=0, atol=1e-10)
+                batched[i] = state
+        _, done = enc.step_batch([xs[0][:, :0]], [batched[0]], final=True)[0]
+        with pytest.raises(RuntimeError, match="after final=True"):
+            enc.step_batch([xs[0][:, :4], xs[2][:, :4]], [done, batched[2]])
+
+
 def test_compute_many_equals_compute():
     torch.manual_seed(2)
     sub = ConformerEncoder(EncoderConfig.tiny()).subsampling.double()
