@@ -97,8 +97,9 @@ def test_compute_many_equals_compute():
     torch.manual_seed(2)
     sub = ConformerEncoder(EncoderConfig.tiny()).subsampling.double()
     xs = [torch.randn(t, 80, dtype=torch.float64) for t in (7, 11, 10, 203, 15, 8)]
-    for x, y in zip(xs, sub.compute_many(xs)):
-        torch.testing.assert_close(y, sub.compute(x[None])[0], rtol=0, atol=1e-12)
+    for max_frames in (None, 40, 1):  # unbounded; a few rows per batch; one row each
+        for x, y in zip(xs, sub.compute_many(xs, max_frames=max_frames)):
+            torch.testing.assert_close(y, sub.compute(x[None])[0], rtol=0, atol=1e-12)
 
 
 def test_pad_groups():

@@ -27,7 +27,7 @@ from torch import nn
 from asr.attention import KVCache, block_causal_mask_range, padding_mask
 from asr.encoder.config import EncoderConfig
 from asr.encoder.layers import ConformerLayer
-from asr.encoder.subsampling import STRIDE, Conv2dSubsampling, subsampled_length
+from asr.encoder.subsampling import CPU_MAX_FRAMES, STRIDE, Conv2dSubsampling, subsampled_length
 
 __all__ = ["ConformerEncoder", "EncoderState", "FRAME_MS", "block_size_from_ms"]
 
@@ -249,7 +249,9 @@ class ConformerEncoder(nn.Module):
         n_new = [subsampled_length(f.shape[0]) for f in feats]
         live = [i for i, n in enumerate(n_new) if n]
         new: list[tuple[torch.Tensor, ...]] = [()] * len(feats)
-        for i, y in zip(live, self.subsampling.compute_many([feats[i][: STRIDE * n_new[i] + 3] for i in live])):
+        bound = CPU_MAX_FRAMES if states[0].feats.device.type == "cpu" else None
+        ys = self.subsampling.compute_many([feats[i][: STRIDE * n_new[i] + 3] for i in live], max_frames=bound)
+        for i, y in zip(live, ys):
             new[i] = (self.dropout(y) if self.training else y,)  # (no module call per stream when serving)
         frames = _cat_rows([(s.frames[0], *y) for s, y in zip(states, new)])  # (t'_i, D) per stream
         out = []

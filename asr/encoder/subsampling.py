@@ -9,10 +9,14 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["Conv2dSubsampling", "subsampled_length", "pad_groups"]
+__all__ = ["CPU_MAX_FRAMES", "Conv2dSubsampling", "subsampled_length", "pad_groups"]
 
 RECEPTIVE_FIELD = 7  # input frames behind one output frame: 4t .. 4t + 6
 STRIDE = 4
+# On CPU the subsampling of many streams is fastest in batches of about 512 input frames (8 rows of
+# a 640 ms block at 2 threads: 1.4 ms per stream, 2.4 ms in batches of 32 or 64, whose first
+# convolution's output no longer stays in the cache; benchmarks/results/subsampling_rows_cpu.md).
+CPU_MAX_FRAMES = 512
 
 
 def subsampled_length(lens: torch.Tensor | int) -> torch.Tensor | int:
@@ -52,17 +56,19 @@ class Conv2dSubsampling(nn.Module):
         h = torch.relu(self.conv2(h))  # (B, C, T', F')
         return self.proj(h.transpose(1, 2).flatten(2))  # (B, T', D)
 
-    def compute_many(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def compute_many(self, xs: list[torch.Tensor], max_frames: int | None = None) -> list[torch.Tensor]:
         """:meth:`compute` of several independent inputs xs[i] (T_i, F) -> (subsampled_length(T_i), D).
 
         The inputs are zero-padded at the end and run as batches (:func:`pad_groups` of their output
         lengths, so one long input does not make every row pay for its padding). The convolutions
         have no time padding, so padded input frames reach only output frames past ``n_i``, which are
         dropped: each output is :meth:`compute` of that input alone (up to float rounding).
+        ``max_frames``: batches of at most this many (padded) input frames, one row at least (see
+        :data:`CPU_MAX_FRAMES`); None = no bound.
         """
         n_out = [subsampled_length(x.shape[0]) for x in xs]
         out: list[torch.Tensor | None] = [None] * len(xs)
-        for group in pad_groups(n_out):
+        for group in _bounded(pad_groups(n_out), n_out, max_frames):
             y = self.compute(pad_sequence([xs[i] for i in group], batch_first=True))  # (G, max n, D)
             for row, i in enumerate(group):
                 out[i] = y[row, : n_out[i]]
@@ -90,6 +96,18 @@ class Conv2dSubsampling(nn.Module):
             o1 = min(t_out, o0 + chunk_frames)
             outs.append(compute(x[:, STRIDE * o0 : STRIDE * o1 + 3]))
         return torch.cat(outs, dim=1)
+
+
+def _bounded(groups: list[list[int]], n_out: list[int], max_frames: int | None) -> list[list[int]]:
+    """``groups`` cut into runs of rows whose padded input (rows x longest input) stays within
+    ``max_frames`` feature frames."""
+    if max_frames is None:
+        return groups
+    out = []
+    for group in groups:
+        rows = max(1, max_frames // (STRIDE * max(n_out[i] for i in group) + 3))
+        out += [group[k:k + rows] for k in range(0, len(group), rows)]
+    return out
 
 
 def pad_groups(lengths: list[int], max_waste: float = 2.0) -> list[list[int]]:
