@@ -125,11 +125,9 @@ class OnlineFbank(_FbankCore):
         # The samples not yet framed (less than one window) stay on the host, where audio arrives:
         # accept_many sends them to the module's device with every stream's new samples in one copy.
         self.pending = np.zeros(0, np.float32)
-        self.frames_emitted = 0
 
     def reset(self) -> None:
         self.pending = self.pending[:0]
-        self.frames_emitted = 0
 
     @torch.no_grad()
     def accept(self, samples: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -156,7 +154,6 @@ class OnlineFbank(_FbankCore):
             n = num_frames(len(buf), cfg)
             starts.append(offset + cfg.window_shift * np.arange(n))
             fb.pending = buf[n * cfg.window_shift:]
-            fb.frames_emitted += n
             bufs.append(buf)
             counts.append(n)
             offset += len(buf)

@@ -173,7 +173,7 @@ class Recognizer:
     def flush_input(self) -> torch.Tensor:
         """finalize's encoder input: the (1, t, F) features of :func:`flush_pad` (not counted in
         ``self.samples``: it is not the stream's audio)."""
-        return _features([self], [flush_pad(self.samples, self.block_size, self.loaded.features)])[0]
+        return _flush_inputs([self])[0]
 
     @torch.no_grad()
     def step_encoder(self, x: torch.Tensor, final: bool = False) -> tuple[torch.Tensor, bool]:
@@ -263,6 +263,11 @@ def encoder_inputs(recs: list[Recognizer], chunks: list[np.ndarray | torch.Tenso
     for rec, x in zip(recs, waves):
         rec.samples += x.numel()
     return _features(recs, waves)
+
+
+def _flush_inputs(recs: list[Recognizer]) -> list[torch.Tensor]:
+    """:meth:`Recognizer.flush_input` of several streams of one model, in one features call."""
+    return _features(recs, [flush_pad(rec.samples, rec.block_size, rec.loaded.features) for rec in recs])
 
 
 def _features(recs: list[Recognizer], waves: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -378,8 +383,7 @@ def finalize_batch(recs: list[Recognizer], batch_decoders: bool = True) -> list[
     for members in _by_model([recs[i] for i in live]):
         idx = [live[j] for j in members]
         group = [recs[i] for i in idx]
-        pads = [flush_pad(rec.samples, rec.block_size, rec.loaded.features) for rec in group]
-        decoded = _encode_and_decode(group, _features(group, pads), True, batch_decoders)
+        decoded = _encode_and_decode(group, _flush_inputs(group), True, batch_decoders)
         tokens: list[Tokens | None] = [None] * len(group)
         for sub in _decoder_groups(group, batch_decoders):
             finals = type(group[sub[0]].decoder).finalize_many([group[j].decoder for j in sub])
