@@ -143,6 +143,7 @@ def main() -> None:
     p.add_argument("--lm-weight", type=float, default=0.4)
     p.add_argument("--wait-policy", default="PASSIVE",
                    help="OMP_WAIT_POLICY of the workers (PASSIVE: the idle one does not spin on the shared cores)")
+    p.add_argument("--name", default=None, help="results file stem (default: bsbs_speed, bsbs_speed_lm with --lm)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.lm:
@@ -194,7 +195,7 @@ def _write(args, summary: dict, same: int, rev: str, head: str, out: dict) -> No
               "endpointing.", "", f"Target RTF <= 0.05: {'met' if a['rtf'] <= 0.05 else 'not met'} ({a['rtf']})."]
     text = "\n".join(lines) + "\n"
     print(text)
-    name = "bsbs_speed_lm" if args.lm else "bsbs_speed"
+    name = args.name or ("bsbs_speed_lm" if args.lm else "bsbs_speed")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text(text)
     (RESULTS / f"{name}.json").write_text(json.dumps(

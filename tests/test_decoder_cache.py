@@ -58,6 +58,29 @@ def test_incremental_scores_equal_whole_prefixes(n_layers):
         assert state.caches[0].length == prefixes.shape[1] - 1
 
 
+def test_shared_prefix_recomputation_equals_whole_prefixes():
+    """When the memory grows, the positions every hypothesis shares run once and the rest per row:
+    the same scores as running every row whole (long shared prefixes, one row, identical rows)."""
+    torch.manual_seed(0)
+    dec = AttentionDecoder(40, 24, DecoderConfig(d_model=32, n_heads=4, n_layers=2, dropout=0.0)).double().eval()
+    fast, ref = DecoderScorer(dec), RecomputeDecoderScorer(dec)
+    enc = torch.randn(20, 24, dtype=torch.float64)
+    shared = torch.randint(3, 40, (1, 12))
+    cases = [torch.cat([shared.expand(4, -1), torch.randint(3, 40, (4, 3))], dim=1),  # 13 shared, then apart
+             torch.cat([shared[:, :5].expand(3, -1), torch.randint(3, 40, (3, 1))], dim=1),  # apart at the last
+             shared[:, :7],  # one row
+             shared.expand(3, -1).clone()]  # identical rows (all but the last position run once)
+    for prefixes in cases:
+        got, state = fast.score(prefixes, None, Memory(enc=enc))
+        want, _ = ref.score(prefixes, None, Memory(enc=enc))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        assert [c.length for c in state.caches] == [prefixes.shape[1]] * 2 and state.caches[0].k.shape[0] == len(prefixes)
+        step = torch.randint(3, 40, (len(prefixes),))  # the next step is incremental on those caches
+        nxt = torch.cat([prefixes, step[:, None]], dim=1)
+        got, _ = fast.score(nxt, fast.select_state(state, torch.arange(len(prefixes)), step), Memory(enc=enc))
+        torch.testing.assert_close(got, ref.score(nxt, None, Memory(enc=enc))[0], rtol=0, atol=1e-12)
+
+
 def _search(scorers, weights, enc, logp, block):
     search = BlockwiseBeamSearch(scorers, weights, BsbsConfig(beam_size=4, nbest=1, ctc_trigger=True))
     partials = [search.extend_block(enc[a:a + block], logp[a:a + block]).tokens

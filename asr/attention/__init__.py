@@ -2,7 +2,7 @@
 modules (XPos, LongGen sparse attention, PagedEviction, Star Attention, Blockwise Parallel
 Transformer)."""
 
-from asr.attention.kv_cache import KVCache
+from asr.attention.kv_cache import BeamKVCache, KVCache
 from asr.attention.masks import (
     block_causal_mask,
     block_causal_mask_range,
@@ -26,6 +26,7 @@ from asr.attention.star import attention_with_lse, global_attention, merge_parti
 from asr.attention.xpos import XPosEmbedding, blockwise_causal_mask
 
 __all__ = [
+    "BeamKVCache",
     "KVCache",
     "Kernel",
     "LongGenConfig",

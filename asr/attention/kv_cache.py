@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KVCache"]
+__all__ = ["KVCache", "BeamKVCache"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,70 @@ class KVCache:
     def select(self, index: torch.Tensor) -> "KVCache":
         """Reorder/select batch entries (beam search): ``index`` (N,) into the batch dim."""
         return KVCache(self.k.index_select(0, index), self.v.index_select(0, index), self.start, self.max_len)
+
+
+SPARE = 32  # positions a BeamKVCache buffer grows by beyond what it holds
+
+
+def _capacity(length: int) -> int:
+    return (length + SPARE + SPARE - 1) // SPARE * SPARE
+
+
+@dataclass(frozen=True)
+class BeamKVCache(KVCache):
+    """A :class:`KVCache` for beam search steps: ``k``/``v`` are views of buffers with room to grow.
+
+    A beam-search step appends one position to every hypothesis and then keeps some rows
+    (:meth:`select`). With :class:`KVCache` that is two copies of the whole cache per step (the
+    append's ``cat``, the select's ``index_select``); for long segments those copies, not the
+    arithmetic, were most of an LM step (memory traffic: 8 caches of ~2 MB each at 120 tokens).
+    Here the append writes the new position into the buffer's spare room, and :meth:`select` copies
+    each kept row once into new buffers. The cache still behaves as immutable: an append writes in
+    place only when no other cache over the same buffer has written past this one's end, and copies
+    otherwise (a beam stepped twice from the same state, as the blockwise search's backoff does).
+    Unbounded only (``max_len`` None).
+    """
+
+    buffer_k: torch.Tensor | None = None  # (B, H, capacity, head_dim); k = buffer_k[:, :, :length]
+    buffer_v: torch.Tensor | None = None
+    written: list = None  # type: ignore[assignment]  # [positions written into the buffers], shared
+
+    @classmethod
+    def empty(cls, batch_size: int, n_heads: int, head_dim: int, max_len: int | None = None,  # type: ignore[override]
+              device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+              start: int = 0) -> "BeamKVCache":
+        if max_len is not None:
+            raise ValueError("BeamKVCache is unbounded: use KVCache for max_len")
+        return cls._over(torch.empty(batch_size, n_heads, SPARE, head_dim, device=device, dtype=dtype),
+                         torch.empty(batch_size, n_heads, SPARE, head_dim, device=device, dtype=dtype), 0, start)
+
+    @classmethod
+    def _over(cls, buffer_k: torch.Tensor, buffer_v: torch.Tensor, length: int, start: int) -> "BeamKVCache":
+        return cls(buffer_k[:, :, :length], buffer_v[:, :, :length], start, None, buffer_k, buffer_v, [length])
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> "BeamKVCache":
+        n, t = self.length, k.shape[-2]
+        bk, bv = self.buffer_k, self.buffer_v
+        if self.written[0] != n or n + t > bk.shape[2] or k.shape[0] != bk.shape[0]:
+            size = (k.shape[0], bk.shape[1], _capacity(n + t), bk.shape[3])
+            bk, bv = bk.new_empty(size), bv.new_empty(size)
+            bk[:, :, :n], bv[:, :, :n] = self.k, self.v
+        bk[:, :, n:n + t], bv[:, :, n:n + t] = k, v
+        out = self._over(bk, bv, n + t, self.start)
+        if bk is self.buffer_k:
+            self.written[0] = n + t
+            object.__setattr__(out, "written", self.written)
+        return out
+
+    def trimmed(self) -> "BeamKVCache":
+        return self
+
+    def select(self, index: torch.Tensor) -> "BeamKVCache":
+        """The rows ``index`` (N,), each copied once into new buffers (room to grow included)."""
+        n = self.length
+        size = (index.shape[0], self.buffer_k.shape[1], _capacity(n), self.buffer_k.shape[3])
+        bk, bv = self.buffer_k.new_empty(size), self.buffer_v.new_empty(size)
+        for row, src in enumerate(index.tolist()):
+            bk[row, :, :n].copy_(self.buffer_k[src, :, :n])
+            bv[row, :, :n].copy_(self.buffer_v[src, :, :n])
+        return self._over(bk, bv, n, self.start)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asr.attention import KVCache, causal_mask, padding_mask
+from asr.attention import BeamKVCache, KVCache, causal_mask, padding_mask
 from asr.models.config import DecoderConfig
 from asr.models.layers import TransformerLayer
 from asr.models.losses import add_sos_eos
@@ -154,9 +154,30 @@ class DecoderScorer(_MemoryKV):
         if fresh:
             caches, inputs = states.caches, prefixes[:, -1:]
         else:
-            caches, inputs = self.decoder.empty_caches(prefixes.shape[0], enc.device, kv[0][0].dtype), prefixes
+            caches, inputs = self._shared_start(prefixes, kv)
         logits, caches = self.decoder.step(inputs, caches, kv)
         return logits.float().log_softmax(-1), DecoderState(caches, enc)
+
+    def _shared_start(self, prefixes: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]
+                      ) -> tuple[list[KVCache], torch.Tensor]:
+        """Caches and inputs to run ``prefixes`` (N, U) whole against a new memory. The positions
+        that every row shares run once, as one row, and only the rest run per row: the hypotheses of
+        one beam mostly differ in their last few tokens, so a block's recomputation of a long segment
+        costs about its length instead of N times it. Each position depends only on the tokens up to
+        it, so the caches equal running every row whole."""
+        n, u = prefixes.shape
+        dtype = kv[0][0].dtype
+        same = (prefixes == prefixes[:1]).all(0).long().cumprod(0)
+        shared = min(int(same.sum()), u - 1)  # every row keeps at least one position to step
+        if n == 1 or shared == 0:
+            return self._empty(n, prefixes.device, dtype), prefixes
+        _, caches = self.decoder.step(prefixes[:1, :shared], self._empty(1, prefixes.device, dtype), kv)
+        rows = torch.zeros(n, dtype=torch.long)
+        return [c.select(rows) for c in caches], prefixes[:, shared:]
+
+    def _empty(self, n: int, device: torch.device, dtype: torch.dtype) -> list[BeamKVCache]:
+        attn = self.decoder.layers[0].self_attn
+        return [BeamKVCache.empty(n, attn.n_heads, attn.head_dim, None, device, dtype) for _ in self.decoder.layers]
 
     def select_state(self, states: DecoderState, index: torch.Tensor, token: torch.Tensor) -> DecoderState:
         return DecoderState([c.select(index) for c in states.caches], states.enc)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asr.attention import KVCache, causal_mask
+from asr.attention import BeamKVCache, KVCache, causal_mask
 from asr.attention.masks import longgen_allowed
 from asr.attention.paged_cache import PagedCacheConfig, PagedKVCache, paged_self_attention
 from asr.attention.xpos import blockwise_causal_mask
@@ -164,7 +164,12 @@ class LMScorer:
         self.lm = lm
 
     def init_state(self, memory: Memory) -> LMState:
-        return LMState(self.lm.empty_caches(1, self.lm.embed.weight.device))
+        device = self.lm.embed.weight.device
+        if self.lm.cfg.max_context is None:  # a beam's steps append in place (BeamKVCache)
+            head_dim = self.lm.cfg.d_model // self.lm.cfg.n_heads
+            return LMState([BeamKVCache.empty(1, self.lm.cfg.n_heads, head_dim, None, device, self.lm.embed.weight.dtype)
+                            for _ in self.lm.layers])
+        return LMState(self.lm.empty_caches(1, device))
 
     @torch.no_grad()
     def score(self, prefixes: torch.Tensor, states: LMState, memory: Memory) -> tuple[torch.Tensor, LMState]:
