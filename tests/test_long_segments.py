@@ -274,17 +274,20 @@ def test_bpt_training_step_on_a_61_s_segment_equals_the_plain_path(tmp_path, spe
     feats, feat_lens = Fbank(FbankConfig())(wave[None], torch.tensor([wave.numel()]))
     assert feats.shape[1] > 6000  # 1525 encoder frames: several BPT tiles of 512
     torch.manual_seed(0)
-    plain = build_model(_tiny_cfg(tok.vocab_size, None)).train()
-    fast = build_model(_tiny_cfg(tok.vocab_size, BPTConfig(query_block=512, key_block=384, frame_block=256))).train()
+    # float64: in float32 the sums over 6000 frames differ by ~1e-4 relative between the paths, and
+    # by how much depends on the CPU's kernels (AVX2 vs AVX-512), which is rounding, not a difference
+    plain = build_model(_tiny_cfg(tok.vocab_size, None)).double().train()
+    fast = build_model(_tiny_cfg(tok.vocab_size, BPTConfig(query_block=512, key_block=384, frame_block=256)))
+    fast = fast.double().train()
     fast.load_state_dict(plain.state_dict())
-    args = (feats, feat_lens, tokens[None], torch.tensor([tokens.numel()]), None, None)
+    args = (feats.double(), feat_lens, tokens[None], torch.tensor([tokens.numel()]), None, None)
     ref, got = plain(*args), fast(*args)
     for name in ("total", "ctc", "att", "sar", "lm"):
-        assert float(getattr(got, name).detach()) == pytest.approx(float(getattr(ref, name).detach()), rel=1e-5), name
+        assert float(getattr(got, name).detach()) == pytest.approx(float(getattr(ref, name).detach()), rel=1e-10), name
     ref.total.backward()
     got.total.backward()
-    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):  # float32 sums over 6000 frames
-        assert float((p.grad - q.grad).norm()) <= 1e-4 * float(p.grad.norm()) + 1e-6, name  # k bias: 0 + noise
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        assert float((p.grad - q.grad).norm()) <= 1e-9 * float(p.grad.norm()) + 1e-12, name  # k bias: 0 + rounding
     opt = torch.optim.AdamW(fast.parameters(), lr=1e-3)
     opt.step()
     with torch.no_grad():
