@@ -57,7 +57,11 @@ class KVCache:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
         """Append (B, H, t, head_dim) keys/values and drop the oldest beyond ``max_len``."""
-        return KVCache(torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2), self.start, self.max_len).trimmed()
+        return self.extended(k, v).trimmed()
+
+    def extended(self, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
+        """:meth:`append` without the trim (attention reads every cached position, then trims)."""
+        return KVCache(torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2), self.start, self.max_len)
 
     def trimmed(self) -> "KVCache":
         """This cache with only the last ``max_len`` positions kept."""
@@ -110,7 +114,7 @@ class BeamKVCache(KVCache):
     def _over(cls, buffer_k: torch.Tensor, buffer_v: torch.Tensor, length: int, start: int) -> "BeamKVCache":
         return cls(buffer_k[:, :, :length], buffer_v[:, :, :length], start, None, buffer_k, buffer_v, [length])
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> "BeamKVCache":
+    def extended(self, k: torch.Tensor, v: torch.Tensor) -> "BeamKVCache":
         n, t = self.length, k.shape[-2]
         bk, bv = self.buffer_k, self.buffer_v
         if self.written[0] != n or n + t > bk.shape[2] or k.shape[0] != bk.shape[0]:
@@ -123,6 +127,9 @@ class BeamKVCache(KVCache):
             self.written[0] = n + t
             object.__setattr__(out, "written", self.written)
         return out
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> "BeamKVCache":
+        return self.extended(k, v)  # unbounded: nothing to trim
 
     def trimmed(self) -> "BeamKVCache":
         return self

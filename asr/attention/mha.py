@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asr.attention.bpt import bpt_attention
-from asr.attention.kv_cache import BeamKVCache, KVCache
+from asr.attention.kv_cache import KVCache
 from asr.attention.masks import block_causal_mask_range, combine_with_padding, padding_mask
 from asr.attention.positions import RelPositionalEncoding, RotaryEmbedding, rel_shift
 from asr.attention.xpos import XPosEmbedding
@@ -244,10 +244,7 @@ class MultiHeadAttention(nn.Module):
         """
         start = cache.end
         q, k, v = self.project_self(x, start)
-        if isinstance(cache, BeamKVCache):  # written into its spare room, not concatenated
-            grown = cache.append(k, v)
-        else:  # attends to every cached position, then drops those past max_len
-            grown = KVCache(torch.cat([cache.k, k], dim=-2), torch.cat([cache.v, v], dim=-2), cache.start, cache.max_len)
+        grown = cache.extended(k, v)  # every cached position is attended to, then max_len applies
         out = self.attend(q, grown.k, grown.v, q_start=start, k_start=cache.start, mask=mask)
         return self._merge(out), grown.trimmed()
 

@@ -47,10 +47,13 @@ class AttentionDecoder(nn.Module):
         """Every layer's cross-attention keys and values, each (B, H, S, head_dim), of memory (B, S, Dm)."""
         return [layer.cross_attn.project_memory(memory) for layer in self.layers]
 
-    def empty_caches(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> list[KVCache]:
-        """One empty self-attention cache per layer, for :meth:`step`."""
+    def empty_caches(self, batch_size: int, device: torch.device, dtype: torch.dtype,
+                     beam: bool = False) -> list[KVCache]:
+        """One empty self-attention cache per layer, for :meth:`step` (``beam``: a
+        :class:`~asr.attention.BeamKVCache`, for a beam search's steps)."""
         attn = self.layers[0].self_attn
-        return [KVCache.empty(batch_size, attn.n_heads, attn.head_dim, None, device, dtype) for _ in self.layers]
+        kind = BeamKVCache if beam else KVCache
+        return [kind.empty(batch_size, attn.n_heads, attn.head_dim, None, device, dtype) for _ in self.layers]
 
     def step(self, inputs: torch.Tensor, caches: list[KVCache],
              memory_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[KVCache]]:
@@ -170,14 +173,10 @@ class DecoderScorer(_MemoryKV):
         same = (prefixes == prefixes[:1]).all(0).long().cumprod(0)
         shared = min(int(same.sum()), u - 1)  # every row keeps at least one position to step
         if n == 1 or shared == 0:
-            return self._empty(n, prefixes.device, dtype), prefixes
-        _, caches = self.decoder.step(prefixes[:1, :shared], self._empty(1, prefixes.device, dtype), kv)
+            return self.decoder.empty_caches(n, prefixes.device, dtype, beam=True), prefixes
+        _, caches = self.decoder.step(prefixes[:1, :shared], self.decoder.empty_caches(1, prefixes.device, dtype, beam=True), kv)
         rows = torch.zeros(n, dtype=torch.long)
         return [c.select(rows) for c in caches], prefixes[:, shared:]
-
-    def _empty(self, n: int, device: torch.device, dtype: torch.dtype) -> list[BeamKVCache]:
-        attn = self.decoder.layers[0].self_attn
-        return [BeamKVCache.empty(n, attn.n_heads, attn.head_dim, None, device, dtype) for _ in self.decoder.layers]
 
     def select_state(self, states: DecoderState, index: torch.Tensor, token: torch.Tensor) -> DecoderState:
         return DecoderState([c.select(index) for c in states.caches], states.enc)

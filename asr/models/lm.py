@@ -136,11 +136,12 @@ class TransformerLM(nn.Module):
         x = x + h
         return x + layer.ff(x), cache
 
-    def empty_caches(self, batch_size: int, device: torch.device) -> list[KVCache]:
-        """Empty bounded caches (``LMConfig.max_context``), one per layer."""
+    def empty_caches(self, batch_size: int, device: torch.device, beam: bool = False) -> list[KVCache]:
+        """Empty bounded caches (``LMConfig.max_context``), one per layer; ``beam``: a
+        :class:`~asr.attention.BeamKVCache` for a beam search's steps when there is no bound."""
         head_dim = self.cfg.d_model // self.cfg.n_heads
-        dtype = self.embed.weight.dtype
-        return [KVCache.empty(batch_size, self.cfg.n_heads, head_dim, self.cfg.max_context, device, dtype)
+        kind = BeamKVCache if beam and self.cfg.max_context is None else KVCache
+        return [kind.empty(batch_size, self.cfg.n_heads, head_dim, self.cfg.max_context, device, self.embed.weight.dtype)
                 for _ in self.layers]
 
     def empty_paged_caches(self, batch_size: int, device: torch.device, cfg: PagedCacheConfig) -> list[PagedKVCache]:
@@ -164,12 +165,7 @@ class LMScorer:
         self.lm = lm
 
     def init_state(self, memory: Memory) -> LMState:
-        device = self.lm.embed.weight.device
-        if self.lm.cfg.max_context is None:  # a beam's steps append in place (BeamKVCache)
-            head_dim = self.lm.cfg.d_model // self.lm.cfg.n_heads
-            return LMState([BeamKVCache.empty(1, self.lm.cfg.n_heads, head_dim, None, device, self.lm.embed.weight.dtype)
-                            for _ in self.lm.layers])
-        return LMState(self.lm.empty_caches(1, device))
+        return LMState(self.lm.empty_caches(1, self.lm.embed.weight.device, beam=True))
 
     @torch.no_grad()
     def score(self, prefixes: torch.Tensor, states: LMState, memory: Memory) -> tuple[torch.Tensor, LMState]:
