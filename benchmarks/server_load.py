@@ -271,7 +271,7 @@ def markdown(report: dict) -> str:
         f"model {r['model'] or 'synthetic'}; {r['seconds_per_stream']:g} s per stream in {r['chunk_ms']} ms frames; "
         f"starts spread over {r['stagger_s']:g} s; "
         f"clients in {r['client_procs']} separate process(es); server batch window {r['batch_window_s']:g} s; "
-        f"server --workers {r.get('workers', 0)}; "
+        f"server --workers {r.get('workers', 0)}, hold {r.get('hold_s', 0):g} s; "
         f"{r['note'] or ''}".rstrip("; "),
         "",
         "| streams | p50 latency (s) | p99 latency (s) | max final lag (s) | server CPU (ms per stream-s) | real time |",
@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-ms", type=int, default=100)
     p.add_argument("--batch-window", type=float, default=0.0,
                    help="the server's batch_window_s: seconds between model passes at least (0: none)")
+    p.add_argument("--hold", type=float, default=1.0,
+                   help="the server's hold_s: sessions whose audio completes no block wait out of the passes "
+                        "up to this long (0: every session joins every pass)")
     p.add_argument("--stagger", type=float, default=None,
                    help="seconds over which the N stream starts (and so their ends) are spread (default: one frame)")
     p.add_argument("--client-procs", type=int, default=min(4, os.cpu_count() or 1),
@@ -352,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = factory.settings if args.model else InferenceConfig(decoder=args.decoder, block_ms=args.block_ms)
     config = ServerConfig(port=0, model_name=args.model or "synthetic", inference=settings,
                           max_sessions=max(levels) + 1, max_batch=max(levels), batch_window_s=args.batch_window,
+                          hold_s=args.hold,
                           # every client connects from 127.0.0.1 at about the same time
                           max_waiting=max(levels) + 1, max_waiting_per_address=max(levels) + 1)
     rows, began = [], time.monotonic()
@@ -390,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device, "model": args.model, "decoder": args.decoder, "block_ms": args.block_ms,
         "seconds_per_stream": args.seconds, "chunk_ms": args.chunk_ms, "max_latency_s": args.max_latency,
         "stagger_s": args.chunk_ms / 1000 if args.stagger is None else args.stagger,
-        "client_procs": args.client_procs, "batch_window_s": args.batch_window, "workers": args.workers,
+        "client_procs": args.client_procs, "batch_window_s": args.batch_window, "hold_s": args.hold, "workers": args.workers,
         "note": args.note,
         "max_realtime_streams": best, "levels": rows, "scheduler": scheduler,
     }

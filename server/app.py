@@ -93,6 +93,7 @@ class AsrServer:
             on_latency=self.metrics.partial_latency.observe,
             on_pass=self.metrics.model_pass,
             pass_interval_s=config.batch_window_s,
+            hold_s=config.hold_s,
         )
         self.ctx = Context(config=config, scheduler=self.scheduler, metrics=self.metrics, sleep=sleep)
         self._ws: Server | None = None

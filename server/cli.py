@@ -56,6 +56,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
     perf.add_argument("--batch-window", type=float, default=0.0,
                       help="seconds between model passes at least, so that more streams share one (batched) pass; "
                            "adds up to this much latency (0: a pass as soon as audio arrives)")
+    perf.add_argument("--hold", type=float, default=1.0, metavar="S",
+                      help="a session whose audio does not yet complete a block waits out of the model passes for "
+                           "up to S seconds (such audio gives no result; 0: every session joins every pass)")
     perf.add_argument("--workers", type=int, default=0,
                       help="front processes that speak WebSocket/HTTP on the one port, with the model in one more "
                            "process, so that socket and JSON work does not share the model loop's GIL "
@@ -87,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             allowed_origins=tuple(args.allow_origin),
             max_batch=args.max_batch,
             batch_window_s=args.batch_window,
+            hold_s=args.hold,
             drain_timeout_s=args.drain_timeout,
         )
     except ValueError as exc:

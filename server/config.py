@@ -42,6 +42,9 @@ class ServerConfig:
         batch_window_s: model passes start at most this often, so that the streams whose audio
             arrives within one window share a pass (batched: cheaper per stream), for at most this
             much added latency; 0: a pass as soon as any stream has audio (`Scheduler.pass_interval_s`).
+        hold_s: a session whose buffered audio completes no block of its model waits out of the
+            passes for up to this long (its audio gives no result before; `Scheduler.hold_s`);
+            0: every session with audio joins every pass.
         max_chunk_s: most audio seconds of one session processed in one scheduler pass, so a client
             uploading faster than real time cannot starve the others.
         max_pending_s: buffered, not yet processed audio per session; a client that is further ahead
@@ -66,6 +69,7 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     max_batch: int = 32
     batch_window_s: float = 0.0
+    hold_s: float = 1.0
     max_chunk_s: float = 2.0
     max_pending_s: float = 10.0
     drain_timeout_s: float = 30.0
@@ -79,8 +83,9 @@ class ServerConfig:
         for name in ("idle_timeout_s", "start_timeout_s", "max_chunk_s", "max_pending_s", "drain_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ServerConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.batch_window_s < 0:
-            raise ValueError(f"ServerConfig.batch_window_s must be >= 0, got {self.batch_window_s}")
+        for name in ("batch_window_s", "hold_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ServerConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.max_session_s is not None and self.max_session_s <= 0:
             raise ValueError(f"ServerConfig.max_session_s must be > 0 or None, got {self.max_session_s}")
         if self.max_frame_bytes % 2:

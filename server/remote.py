@@ -21,6 +21,7 @@ progress deliveries), so the handlers see exactly what they see in one process.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import queue
@@ -81,8 +82,8 @@ class RemoteScheduler:
         max_pending_samples: `wait_for_room` blocks a stream with more unprocessed audio than this
             (the model process buffers it; this bounds it per stream, as in one process).
         on_lost: called once when the model process is gone (the front then stops).
-        on_latency: called with the seconds from a stream's oldest unreported audio being fed to
-            the report with its results (as `Scheduler.on_latency`, measured on the front).
+        on_latency: called with the seconds from the newest audio that a report covers being fed
+            to the report with its results (as `Scheduler.on_latency`, measured on the front).
         on_pass: called for every model pass (all fronts' streams) with (wall s, audio s, streams).
     """
 
@@ -107,6 +108,7 @@ class RemoteScheduler:
         self._streams: dict[int, Stream] = {}
         self._sid: dict[Stream, int] = {}
         self._fed: dict[int, int] = {}  # samples sent per stream
+        self._feeds: dict[int, collections.deque[tuple[int, float]]] = {}  # (samples sent after it, time) per feed
         self._opening: dict[int, asyncio.Future[Any]] = {}
         self._out: list[tuple[Any, ...]] = []  # sent at the end of this event-loop turn
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -144,6 +146,7 @@ class RemoteScheduler:
             raise RuntimeError(message)
         stream = Stream(recognizer=None)  # type: ignore[arg-type] - the recognizer lives in the model process
         self._streams[sid], self._sid[stream], self._fed[sid] = stream, sid, 0
+        self._feeds[sid] = collections.deque()
         return stream
 
     def feed(self, stream: Stream, samples: np.ndarray) -> None:
@@ -151,9 +154,8 @@ class RemoteScheduler:
             return
         sid = self._sid[stream]
         self._fed[sid] += samples.size
+        self._feeds[sid].append((self._fed[sid], time.monotonic()))
         stream.pending_samples += samples.size
-        if stream.pending_since is None:
-            stream.pending_since = time.monotonic()
         if stream.pending_samples > self.max_pending_samples:
             stream.has_room.clear()
         stream.idle.clear()
@@ -163,6 +165,8 @@ class RemoteScheduler:
         await stream.has_room.wait()
 
     async def drain(self, stream: Stream) -> None:
+        if not stream.idle.is_set():
+            self._send(("drain", self._sid[stream]))  # the model process takes held audio now
         await stream.idle.wait()
 
     async def finalize(self, stream: Stream) -> None:
@@ -180,7 +184,7 @@ class RemoteScheduler:
         stream.idle.set()
         stream.has_room.set()
         if sid is not None:
-            del self._streams[sid], self._fed[sid]
+            del self._streams[sid], self._fed[sid], self._feeds[sid]
             self._send(("close", sid))
 
     # -- internals ---------------------------------------------------------------------------
@@ -228,10 +232,14 @@ class RemoteScheduler:
         if stream is None:
             return  # closed here meanwhile
         _, _, packed, processed, finalized, error_text = message
-        self._report(stream, self._fed[sid], [_unpack(p) for p in packed], processed, finalized, error_text)
+        fed_at, feeds = None, self._feeds[sid]
+        while feeds and feeds[0][0] <= processed:  # the feeds this report covers; the newest one's time
+            fed_at = feeds.popleft()[1]
+        self._report(stream, self._fed[sid], [_unpack(p) for p in packed], processed, finalized, error_text, fed_at)
 
     def _report(
-        self, stream: Stream, fed: int, results: list[Result], processed: int, finalized: bool, error_text: str | None
+        self, stream: Stream, fed: int, results: list[Result], processed: int, finalized: bool, error_text: str | None,
+        fed_at: float | None = None,
     ) -> None:
         """One pass of one stream in the model process: what `Scheduler._deliver` does in one."""
         advanced = processed - stream.processed_samples
@@ -239,10 +247,8 @@ class RemoteScheduler:
         stream.pending_samples = fed - processed
         if stream.pending_samples <= self.max_pending_samples:
             stream.has_room.set()
-        if results and stream.pending_since is not None and self.on_latency is not None:
-            self.on_latency(time.monotonic() - stream.pending_since)
-        if results or stream.pending_samples == 0:
-            stream.pending_since = time.monotonic() if stream.pending_samples else None
+        if results and fed_at is not None and self.on_latency is not None:
+            self.on_latency(time.monotonic() - fed_at)
         stream.finalized = stream.finalized or finalized
         error = RuntimeError(error_text) if error_text is not None else None
         if error is not None:
@@ -417,6 +423,8 @@ class ModelService:
             self.scheduler.feed(stream, np.frombuffer(message[2], dtype=np.float32).copy())
         elif kind == "finalize":
             asyncio.ensure_future(self.scheduler.finalize(stream))
+        elif kind == "drain":
+            asyncio.ensure_future(self.scheduler.drain(stream))
         elif kind == "close":
             del front.streams[sid]
             self._close(stream)

@@ -5,12 +5,19 @@ runs them in one call on the model thread (`factory.process_batch` when offered,
 another), and puts each stream's results into its `outbox`. A stream is in at most one pass at a
 time, so its audio is processed in order; audio that arrives during a pass joins the next one.
 
+A stream whose pending audio does not yet complete its next block (the recognizer's optional
+`samples_until_block()`) is held out of the passes, for at most `hold_s`: such audio gives no
+result, and taking every stream into every pass costs per-stream work for nothing (clients send
+100 ms frames; a 640 ms block needs six or seven). A stream is taken as soon as its block is
+complete, so no result comes later for it; `drain` and `finalize` take held audio at once.
+
     session --feed--> Stream.pending --scheduler pass (model thread)--> Stream.outbox --> session
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -67,6 +74,7 @@ class Stream:
     pending: deque[np.ndarray] = field(default_factory=deque)
     pending_samples: int = 0
     pending_since: float | None = None  # monotonic time the oldest pending audio arrived
+    fed_at: float | None = None  # monotonic time the newest audio arrived
     processed_samples: int = 0
     # A pass that produced no results (nor an error) puts a progress-only delivery into the outbox
     # once this many samples were processed since the last delivery put (0: after every pass;
@@ -77,6 +85,7 @@ class Stream:
     closed: bool = False
     failed: bool = False
     finalize_requested: bool = False
+    drain_requested: bool = False  # take held audio now (see Scheduler.hold_s)
     finalized: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set: nothing pending, not busy
     has_room: asyncio.Event = field(default_factory=asyncio.Event)  # set: pending below the cap
@@ -109,14 +118,18 @@ class Scheduler:
         max_batch: most streams in one pass.
         max_chunk_samples: most samples of one stream per pass.
         max_pending_samples: `wait_for_room` blocks a stream with more buffered audio than this.
-        on_latency: called with the seconds from a stream's oldest processed audio arriving to its
-            results being delivered (feeds the partial-latency histogram).
+        on_latency: called with the seconds from the arrival of the newest audio a pass took for a
+            stream to that pass's results being delivered (feeds the partial-latency histogram; the
+            client measures the same, from the last audio the server reports as processed).
         on_pass: called after each pass with (wall seconds, audio seconds processed, streams).
         pass_interval_s: passes start at most this often: after a pass, the next one waits for the
             rest of the interval, so that the audio other streams send meanwhile joins it. Fewer,
             fuller passes: the model batches streams whose blocks complete at about the same time
             (on 2 CPU cores, 8 SAR streams cost about half as much in one pass as one by one), for
             at most this much added latency. 0: a pass as soon as a stream has audio.
+        hold_s: a stream whose pending audio completes no block waits out of the passes for more,
+            at most this long since its oldest pending audio arrived (see the module docstring);
+            0: never held. Recognizers without `samples_until_block` are never held.
         sleep: what the interval waits with (tests give a fake clock).
     """
 
@@ -130,6 +143,7 @@ class Scheduler:
         on_latency: Callable[[float], None] | None = None,
         on_pass: Callable[[float, float, int], None] | None = None,
         pass_interval_s: float = 0.0,
+        hold_s: float = 1.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.factory = factory
@@ -139,11 +153,13 @@ class Scheduler:
         self.on_latency = on_latency
         self.on_pass = on_pass
         self.pass_interval_s = pass_interval_s
+        self.hold_s = hold_s
         self._sleep = sleep
         self._batch_fn: BatchFn = getattr(factory, "process_batch", None) or process_sequential
         self._finalize_fn: FinalizeFn | None = getattr(factory, "finalize_batch", None)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-model")
         self._ready: dict[Stream, None] = {}  # insertion-ordered set: FIFO fairness
+        self._held: dict[Stream, float] = {}  # held streams -> when the hold ends (monotonic)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.passes = 0  # scheduler passes run (for tests/benchmarks)
@@ -178,8 +194,9 @@ class Scheduler:
             return
         stream.pending.append(samples)
         stream.pending_samples += samples.size
+        stream.fed_at = time.monotonic()
         if stream.pending_since is None:
-            stream.pending_since = time.monotonic()
+            stream.pending_since = stream.fed_at
         if stream.pending_samples > self.max_pending_samples:
             stream.has_room.clear()
         self._mark_ready(stream)
@@ -189,7 +206,13 @@ class Scheduler:
         await stream.has_room.wait()
 
     async def drain(self, stream: Stream) -> None:
-        """Wait until all audio fed so far has been processed (results are in the outbox)."""
+        """Wait until all audio fed so far has been processed (results are in the outbox), held
+        audio included."""
+        if stream.idle.is_set():
+            return
+        stream.drain_requested = True
+        if stream in self._held:
+            self._mark_ready(stream)
         await stream.idle.wait()
 
     async def finalize(self, stream: Stream) -> None:
@@ -210,20 +233,48 @@ class Scheduler:
         stream.pending.clear()
         stream.pending_samples = 0
         self._ready.pop(stream, None)
+        self._held.pop(stream, None)
         stream.idle.set()
         stream.has_room.set()
 
     # -- internals ---------------------------------------------------------------------------
     def _mark_ready(self, stream: Stream) -> None:
         stream.idle.clear()
+        self._held.pop(stream, None)  # looked at again in the next pass
         if not stream.busy:
             self._ready[stream] = None
         self._wake.set()
 
+    def _hold_until(self, stream: Stream) -> float | None:
+        """When the hold of ``stream`` ends, if its pending audio completes no block and nothing
+        asks for it now; None: take it into this pass."""
+        if self.hold_s <= 0 or stream.finalize_requested or stream.drain_requested or stream.pending_since is None:
+            return None
+        until_block = getattr(stream.recognizer, "samples_until_block", None)
+        needed = until_block() if until_block is not None else None
+        if needed is None or stream.pending_samples >= needed:
+            return None
+        end = stream.pending_since + self.hold_s
+        return end if end > time.monotonic() else None
+
+    def _release_held(self) -> None:
+        """Held streams whose hold has ended join the ready ones."""
+        now = time.monotonic()
+        for stream in [s for s, end in self._held.items() if end <= now]:
+            del self._held[stream]
+            self._ready[stream] = None
+
     def _take_batch(self) -> list[_Work]:
+        self._release_held()
         work = []
-        for stream in list(self._ready)[: self.max_batch]:
+        for stream in list(self._ready):
+            if len(work) == self.max_batch:
+                break
             del self._ready[stream]
+            end = self._hold_until(stream)
+            if end is not None:
+                self._held[stream] = end
+                continue
             samples = self._take_chunk(stream)
             finalize = stream.finalize_requested and not stream.pending and not stream.finalized
             if samples is None and not finalize:
@@ -255,6 +306,7 @@ class Scheduler:
         stream.busy = False
         more = stream.pending or (stream.finalize_requested and not stream.finalized)
         if stream.closed or stream.failed or not more:
+            stream.drain_requested = False
             stream.idle.set()
         else:
             self._ready[stream] = None
@@ -264,7 +316,12 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         last_start = -float("inf")
         while True:
-            await self._wake.wait()
+            if self._held:  # wake up when the first hold ends, if no audio comes before
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, min(self._held.values()) - time.monotonic()))
+                self._release_held()
+            else:
+                await self._wake.wait()
             self._wake.clear()
             while self._ready:
                 rest = last_start + self.pass_interval_s - time.monotonic()
@@ -278,7 +335,7 @@ class Scheduler:
                     continue
                 self.passes += 1
                 self.max_batch_seen = max(self.max_batch_seen, len(work))
-                started = {id(w.stream): w.stream.pending_since for w in work}
+                started = {id(w.stream): w.stream.fed_at for w in work}
                 for w in work:
                     w.stream.pending_since = time.monotonic() if w.stream.pending else None
                 began = time.monotonic()

@@ -78,7 +78,7 @@ async def _model_loop(factory: Any, config: ServerConfig, listener: Listener, st
 
     service = ModelService(factory, max_sessions=config.max_sessions, max_batch=config.max_batch,
                            max_chunk_samples=int(config.max_chunk_s * SAMPLE_RATE),
-                           pass_interval_s=config.batch_window_s)
+                           pass_interval_s=config.batch_window_s, hold_s=config.hold_s)
     service.start()
     loop = asyncio.get_running_loop()
 

@@ -23,14 +23,14 @@ import torch
 
 from asr.decode import Tokens, Word, build_decoder, words_from_tokens
 from asr.encoder import FRAME_MS
-from asr.encoder.subsampling import RECEPTIVE_FIELD, STRIDE
-from asr.features import FbankConfig, OnlineFbank
+from asr.encoder.subsampling import RECEPTIVE_FIELD, STRIDE, subsampled_length
+from asr.features import FbankConfig, OnlineFbank, num_frames
 from asr.inference import InferenceConfig
 from asr.models.io import LoadedModel
 from asr.models.lm import TransformerLM
 from streaming.endpoint import EndpointConfig, Endpointer
 
-__all__ = ["FLUSH_PAD_MS", "flush_frames", "flush_pad", "Result", "Recognizer", "encoder_inputs", "decode_round",
+__all__ = ["FLUSH_PAD_MS", "flush_frames", "flush_pad", "samples_for_frames", "Result", "Recognizer", "encoder_inputs", "decode_round",
            "process_batch", "finalize_batch"]
 
 # The end-of-stream flush (finalize) appends digital silence, so that the stream ends as it would
@@ -78,6 +78,17 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def samples_for_frames(frames: int, features: FbankConfig = FbankConfig()) -> int:
+    """Audio samples behind the first ``frames`` (>= 1) encoder frames: the fbank windows of the
+    ``STRIDE * (frames - 1) + RECEPTIVE_FIELD`` feature frames they read.
+
+    >>> samples_for_frames(16), samples_for_frames(1)
+    (10960, 1360)
+    """
+    feats = STRIDE * (frames - 1) + RECEPTIVE_FIELD
+    return features.window_size + features.window_shift * (feats - 1)
+
+
 def flush_pad(num_samples: int, block_size: int | None, features: FbankConfig = FbankConfig()) -> torch.Tensor:
     """The zeros :meth:`Recognizer.finalize` appends to a stream of ``num_samples`` samples: exactly
     enough for :func:`flush_frames` encoder frames (see the comment above :data:`FLUSH_PAD_MS`).
@@ -85,10 +96,7 @@ def flush_pad(num_samples: int, block_size: int | None, features: FbankConfig = 
     >>> flush_pad(16000, 16).numel()  # 1 s of audio, 640 ms blocks: 48 frames = 3 blocks
     15440
     """
-    frames = flush_frames(num_samples, block_size, features)
-    feats = STRIDE * (frames - 1) + RECEPTIVE_FIELD  # feature frames behind ``frames`` encoder frames
-    total = features.window_size + features.window_shift * (feats - 1)
-    return torch.zeros(total - num_samples)
+    return torch.zeros(samples_for_frames(flush_frames(num_samples, block_size, features), features) - num_samples)
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,17 @@ class Recognizer:
         for block in self.blocks(enc):
             results += decode_round([self], [block], final)[0]
         return results
+
+    def samples_until_block(self) -> int | None:
+        """How many more samples this stream needs before its next block is complete: audio short
+        of that gives no encoder frame, no decoder step and no result (a server may hold it back
+        and take the stream into a later pass). None with full context, where no block completes
+        before the end. Counts from the stream's start: segments do not reset the encoder."""
+        if self.block_size is None or self.finished:
+            return None
+        features = self.loaded.features
+        done = subsampled_length(num_frames(self.samples, features)) // self.block_size  # whole blocks so far
+        return samples_for_frames((done + 1) * self.block_size, features) - self.samples
 
     def end_stream(self, results: list[Result], tokens: Tokens) -> list[Result]:
         """finalize's last stage, after the flush pad's blocks gave ``results`` and the decoder's

@@ -308,3 +308,26 @@ def test_process_batch_equals_one_by_one(loaded, rows):
         got[i] += together[i].finalize()
         assert [(r.text, r.is_final, r.segment) for r in got[i]] == [(r.text, r.is_final, r.segment) for r in want[i]]
         assert got[i][-1].is_final and got[i][-1].text  # something to compare
+
+
+@pytest.mark.parametrize("block_ms", [320, 640])
+def test_samples_until_block_is_exact(loaded, rows, block_ms):
+    """``samples_until_block`` is the exact count: one sample fewer completes no block (the encoder
+    emits nothing, no result comes), exactly that many completes one block; from any start."""
+    wave = load_audio(rows[0]["audio"])
+    rec = Recognizer(loaded, InferenceConfig(decoder="sar", block_ms=block_ms))
+    block = block_size_from_ms(block_ms)
+    rec.accept_waveform(wave[: random.Random(0).randrange(1, 4000)].numpy())  # start mid-block
+    i = rec.samples
+    while True:
+        n = rec.samples_until_block()
+        if i + n > wave.numel():
+            break
+        offset = rec.state.offset
+        assert rec.accept_waveform(wave[i:i + n - 1].numpy()) == [] and rec.state.offset == offset
+        rec.accept_waveform(wave[i + n - 1:i + n].numpy())
+        assert rec.state.offset == offset + block
+        i += n
+    rec.finalize()
+    assert rec.samples_until_block() is None
+    assert Recognizer(loaded, InferenceConfig(decoder="ctc", block_ms=None)).samples_until_block() is None

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_server_fake import BatchingFakeFactory, FakeFactory, direct_finals, make_audio, random_frames, run  # noqa: E402
+from test_server_fake import BLOCK, BatchingFakeFactory, FakeFactory, FakeRecognizer, direct_finals, make_audio, random_frames, run  # noqa: E402
 
 from server.scheduler import Scheduler  # noqa: E402
 
@@ -218,3 +218,89 @@ def test_a_failing_finalize_batch_fails_its_streams_only() -> None:
     for s in streams:
         assert s.failed and not s.finalized
         assert any(isinstance(d.error, RuntimeError) for d in s.take_outbox())
+
+
+class _BlockRecognizer(FakeRecognizer):
+    """The fake with the streaming recognizer's `samples_until_block`; records each chunk it took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples, self.chunks = 0, []
+
+    def samples_until_block(self) -> int:
+        return BLOCK - self.samples % BLOCK
+
+    def accept_waveform(self, samples):
+        self.chunks.append((self.samples, samples.size))
+        self.samples += samples.size
+        return super().accept_waveform(samples)
+
+
+class _BlockFactory(BatchingFakeFactory):
+    def __call__(self, settings=None):
+        rec = _BlockRecognizer()
+        self.made.append(rec)
+        return rec
+
+
+async def _until(predicate) -> None:
+    for _ in range(10000):  # a hang guard, not a timing
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the scheduler never got there")
+
+
+def test_streams_short_of_a_block_are_held_until_it_completes() -> None:
+    """Audio fed in frames smaller than a block reaches the recognizer only once it completes the
+    next block (every chunk crosses a block boundary), and every stream's text is unchanged."""
+    factory = _BlockFactory()
+    audios = [make_audio(2.0, 60 + i) for i in range(3)]
+
+    async def main():
+        sched = Scheduler(factory, hold_s=3600.0)
+        sched.start()
+        streams = [await sched.open() for _ in audios]
+        frame = BLOCK // 5 + 7
+        for start in range(0, max(a.size for a in audios), frame):
+            for s, a in zip(streams, audios):
+                sched.feed(s, _f32(a[start:start + frame]))
+            await asyncio.sleep(0.002)
+        for s in streams:
+            await sched.finalize(s)
+        await sched.stop()
+        return streams
+
+    streams = run(main())
+    assert [_finals(s) for s in streams] == [direct_finals(a) for a in audios]
+    for rec, audio in zip(factory.made, audios):
+        assert sum(n for _, n in rec.chunks) == audio.size
+        assert len(rec.chunks) > 1
+        assert all(start // BLOCK < (start + n) // BLOCK for start, n in rec.chunks[:-1] if start + n < audio.size)
+
+
+def test_a_hold_ends_after_hold_s_and_drain_takes_held_audio() -> None:
+    """Held audio is taken when its hold ends (acks keep coming to a stalled client) or at once
+    when the session drains (the Vosk protocol answers every message)."""
+    factory = _BlockFactory()
+
+    async def main():
+        sched = Scheduler(factory, hold_s=0.05)
+        sched.start()
+        a = await sched.open()
+        sched.feed(a, _f32(make_audio(0.1, 70)[: BLOCK // 2]))
+        await _until(lambda: a.idle.is_set())  # no more audio came: taken after 50 ms
+        held = Scheduler(factory, hold_s=3600.0)
+        held.start()
+        b = await held.open()
+        held.feed(b, _f32(make_audio(0.1, 71)[: BLOCK // 2]))
+        await asyncio.sleep(0.01)
+        assert factory.made[-1].chunks == []  # held
+        await asyncio.wait_for(held.drain(b), 60)
+        await sched.stop()
+        await held.stop()
+        return a
+
+    run(main())
+    assert [n for _, n in factory.made[0].chunks] == [BLOCK // 2]
+    assert [n for _, n in factory.made[1].chunks] == [BLOCK // 2]
