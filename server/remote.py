@@ -9,13 +9,22 @@ one event-loop turn produced: one pipe write for all the frames a front read at 
 the reports of one model pass); audio travels as float32 bytes, results as (text, is_final,
 segment, words) tuples.
 
-    front -> model  ("open", sid, settings) ("feed", sid, float32 bytes) ("finalize", sid) ("close", sid)
+    front -> model  ("open", sid, settings) ("feed", sid, float32 bytes) ("drain", sid) ("finalize", sid)
+                    ("close", sid)
     model -> front  ("opened", sid, None | (kind, message))
-                    ("report", sid, results, processed_samples, finalized, error text | None)
+                    ("report", sid, results, processed_samples, finalized, error text | None,
+                     (next_block_at, block_samples) | None)
                     ("pass", -1, wall seconds, audio seconds, streams)   (every pass, to every front: metrics)
 
 The front replays the scheduler's bookkeeping from the reports (pending audio, `idle`, `has_room`,
 progress deliveries), so the handlers see exactly what they see in one process.
+
+The front also holds audio back as the model's scheduler would (`Scheduler.hold_s`): a report says
+at which sample count the stream's next block completes and how many samples each block after it
+takes, and the front sends a stream's audio when it reaches that count (one message per block,
+not one per 100 ms frame: the model process's event loop shares its GIL with the model loop), when
+the hold ends, or at once on drain and finalize. A wrong count only delays audio (by hold_s at
+most); the text never depends on how audio is split.
 """
 
 from __future__ import annotations
@@ -74,6 +83,21 @@ def _unpack(packed: _Packed) -> RemoteResult:
     return RemoteResult(text, is_final, segment, tuple(RemoteWord(*w) for w in words))
 
 
+@dataclass
+class _Hold:
+    """A front's held audio of one stream (see the module docstring)."""
+
+    next_at: int | None = None  # samples fed at which the next block completes; None: send at once
+    period: int = 0  # samples per block after it
+    parts: list[bytes] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None  # sends the parts when the hold ends
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 class RemoteScheduler:
     """The front's `Scheduler`: the same per-stream API, the model in another process.
 
@@ -85,6 +109,8 @@ class RemoteScheduler:
         on_latency: called with the seconds from the newest audio that a report covers being fed
             to the report with its results (as `Scheduler.on_latency`, measured on the front).
         on_pass: called for every model pass (all fronts' streams) with (wall s, audio s, streams).
+        hold_s: hold a stream's audio here until it completes the stream's next block, at most this
+            long (see the module docstring; `Scheduler.hold_s`); 0: send every frame at once.
     """
 
     def __init__(
@@ -95,8 +121,10 @@ class RemoteScheduler:
         on_lost: Callable[[], None] | None = None,
         on_latency: Callable[[float], None] | None = None,
         on_pass: Callable[[float, float, int], None] | None = None,
+        hold_s: float = 1.0,
     ) -> None:
         self.conn = conn
+        self.hold_s = hold_s
         self.max_pending_samples = max_pending_samples
         self.on_lost = on_lost
         self.on_latency = on_latency
@@ -109,6 +137,7 @@ class RemoteScheduler:
         self._sid: dict[Stream, int] = {}
         self._fed: dict[int, int] = {}  # samples sent per stream
         self._feeds: dict[int, collections.deque[tuple[int, float]]] = {}  # (samples sent after it, time) per feed
+        self._holds: dict[int, _Hold] = {}
         self._opening: dict[int, asyncio.Future[Any]] = {}
         self._out: list[tuple[Any, ...]] = []  # sent at the end of this event-loop turn
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,6 +176,7 @@ class RemoteScheduler:
         stream = Stream(recognizer=None)  # type: ignore[arg-type] - the recognizer lives in the model process
         self._streams[sid], self._sid[stream], self._fed[sid] = stream, sid, 0
         self._feeds[sid] = collections.deque()
+        self._holds[sid] = _Hold()
         return stream
 
     def feed(self, stream: Stream, samples: np.ndarray) -> None:
@@ -159,13 +189,24 @@ class RemoteScheduler:
         if stream.pending_samples > self.max_pending_samples:
             stream.has_room.clear()
         stream.idle.clear()
-        self._send(("feed", sid, np.ascontiguousarray(samples, dtype=np.float32).tobytes()))
+        data = np.ascontiguousarray(samples, dtype=np.float32).tobytes()
+        hold = self._holds[sid]
+        if self.hold_s <= 0 or hold.next_at is None:
+            self._send(("feed", sid, data))
+            return
+        hold.parts.append(data)
+        if self._fed[sid] >= hold.next_at:
+            self._release(sid)
+        elif hold.timer is None:
+            assert self._loop is not None
+            hold.timer = self._loop.call_later(self.hold_s, self._release, sid)
 
     async def wait_for_room(self, stream: Stream) -> None:
         await stream.has_room.wait()
 
     async def drain(self, stream: Stream) -> None:
         if not stream.idle.is_set():
+            self._release(self._sid[stream])
             self._send(("drain", self._sid[stream]))  # the model process takes held audio now
         await stream.idle.wait()
 
@@ -174,6 +215,7 @@ class RemoteScheduler:
             return
         stream.finalize_requested = True
         stream.idle.clear()
+        self._release(self._sid[stream])
         self._send(("finalize", self._sid[stream]))
         await stream.idle.wait()  # set once finalized, failed or closed
 
@@ -185,9 +227,23 @@ class RemoteScheduler:
         stream.has_room.set()
         if sid is not None:
             del self._streams[sid], self._fed[sid], self._feeds[sid]
+            self._holds.pop(sid).cancel()
             self._send(("close", sid))
 
     # -- internals ---------------------------------------------------------------------------
+    def _release(self, sid: int) -> None:
+        """Send the audio held for stream ``sid`` as one message; the next block's count moves on."""
+        hold = self._holds.get(sid)
+        if hold is None:
+            return  # closed meanwhile
+        hold.cancel()
+        if hold.parts:
+            self._send(("feed", sid, b"".join(hold.parts)))
+            hold.parts.clear()
+        fed = self._fed[sid]
+        while hold.next_at is not None and hold.next_at <= fed:
+            hold.next_at += hold.period
+
     def _send(self, message: tuple[Any, ...]) -> None:
         if self.lost or self.conn.closed:
             return
@@ -231,7 +287,15 @@ class RemoteScheduler:
         stream = self._streams.get(sid)
         if stream is None:
             return  # closed here meanwhile
-        _, _, packed, processed, finalized, error_text = message
+        _, _, packed, processed, finalized, error_text, next_block = message
+        hold = self._holds[sid]
+        if next_block is None:
+            hold.next_at = None
+            self._release(sid)
+        else:  # the model's count, or the one already moved past it here
+            hold.next_at, hold.period = max(next_block[0], hold.next_at or 0), next_block[1]
+            if self._fed[sid] >= hold.next_at:
+                self._release(sid)
         fed_at, feeds = None, self._feeds[sid]
         while feeds and feeds[0][0] <= processed:  # the feeds this report covers; the newest one's time
             fed_at = feeds.popleft()[1]
@@ -273,6 +337,8 @@ class RemoteScheduler:
         for future in self._opening.values():
             if not future.done():
                 future.set_exception(ProtocolError("internal", _LOST))
+        for hold in self._holds.values():
+            hold.cancel()
         for stream in self._streams.values():
             if not (stream.failed or stream.closed):
                 stream.failed = True
@@ -321,6 +387,18 @@ class _Front:
         self._out.put(None)
 
 
+def _next_block(stream: Stream) -> tuple[int, int] | None:
+    """(sample count at which the stream's next block completes, samples per block after it), from
+    a recognizer with `samples_until_block` and `block_samples`; None: no blocks to wait for."""
+    rec = stream.recognizer
+    until = getattr(rec, "samples_until_block", None)
+    needed = until() if until is not None and not stream.finalized else None
+    period = getattr(rec, "block_samples", None)
+    if needed is None or not period:
+        return None
+    return stream.processed_samples + needed, int(period)
+
+
 class _ReportingScheduler(Scheduler):
     """The model process's `Scheduler`: each pass of each stream is reported to its front."""
 
@@ -338,7 +416,7 @@ class _ReportingScheduler(Scheduler):
             front, sid = owner
             error_text = None if error is None else repr(error)
             front.send(("report", sid, [_pack(r) for r in results], w.stream.processed_samples, w.stream.finalized,
-                        error_text))
+                        error_text, _next_block(w.stream)))
 
 
 class ModelService:

@@ -113,7 +113,8 @@ async def _front_loop(config: ServerConfig, sock: socket.socket, address: str, a
 
     stop = asyncio.Event()
     remote = RemoteScheduler(Client(address, family="AF_UNIX", authkey=authkey),
-                             max_pending_samples=int(config.max_pending_s * SAMPLE_RATE), on_lost=stop.set)
+                             max_pending_samples=int(config.max_pending_s * SAMPLE_RATE), on_lost=stop.set,
+                             hold_s=config.hold_s)
     server = AsrServer(config, None, scheduler=remote, sock=sock)
     remote.on_latency, remote.on_pass = server.metrics.partial_latency.observe, server.metrics.model_pass
     loop = asyncio.get_running_loop()

@@ -144,6 +144,8 @@ class Recognizer:
         weight = next(self.model.parameters())
         self.device, self.dtype = weight.device, weight.dtype
         self.block_size = cfg.block_size
+        # samples between two block boundaries (after the first; see samples_until_block); None: full context
+        self.block_samples = None if self.block_size is None else self.block_size * STRIDE * loaded.features.window_shift
         # features in the model's dtype, but never below float32 (an FFT in half precision loses the log-mels)
         self.fbank = OnlineFbank(loaded.features).to(self.device, torch.promote_types(self.dtype, torch.float32))
         self.state = self.model.encoder.init_state(1, self.block_size, cfg.left_blocks, self.device, self.dtype)

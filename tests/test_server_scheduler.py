@@ -223,6 +223,8 @@ def test_a_failing_finalize_batch_fails_its_streams_only() -> None:
 class _BlockRecognizer(FakeRecognizer):
     """The fake with the streaming recognizer's `samples_until_block`; records each chunk it took."""
 
+    block_samples = BLOCK
+
     def __init__(self) -> None:
         super().__init__()
         self.samples, self.chunks = 0, []
@@ -304,3 +306,44 @@ def test_a_hold_ends_after_hold_s_and_drain_takes_held_audio() -> None:
     run(main())
     assert [n for _, n in factory.made[0].chunks] == [BLOCK // 2]
     assert [n for _, n in factory.made[1].chunks] == [BLOCK // 2]
+
+
+def test_a_front_holds_audio_until_a_block_completes() -> None:
+    """`--workers`: the front (RemoteScheduler) sends a stream's audio to the model process once it
+    completes the stream's next block, as the reports say, in one message per block rather than one
+    per frame; the texts equal the in-process scheduler's."""
+    from multiprocessing import Pipe
+
+    from server.remote import ModelService, RemoteScheduler
+
+    audios = [make_audio(2.0, 80 + i) for i in range(2)]
+    frame = BLOCK // 5 + 7
+
+    async def main():
+        front_end, model_end = Pipe()
+        service = ModelService(_BlockFactory(), max_sessions=8, hold_s=3600.0)
+        service.start()
+        service.add(model_end)
+        feeds = []
+        on_message = service._on_message
+        service._on_message = lambda front, m: (feeds.append(m[0]), on_message(front, m))[1]
+        remote = RemoteScheduler(front_end, max_pending_samples=10**9, hold_s=3600.0)
+        remote.start()
+        streams = [await remote.open() for _ in audios]
+        sent = 0
+        for start in range(0, max(a.size for a in audios), frame):
+            for s, a in zip(streams, audios):
+                if start < a.size:
+                    remote.feed(s, _f32(a[start:start + frame]))
+                    sent += 1
+            await asyncio.sleep(0.002)
+        for s in streams:
+            await remote.finalize(s)
+        texts = [[r.text for d in s.take_outbox() for r in d.results if r.is_final] for s in streams]
+        await remote.stop()
+        await service.stop()
+        return texts, feeds.count("feed"), sent
+
+    texts, feed_messages, frames_sent = run(main())
+    assert texts == [direct_finals(a) for a in audios]
+    assert feed_messages < frames_sent / 3  # one per block (and the first frames), not one per frame
