@@ -199,7 +199,7 @@ class RemoteScheduler:
             self._release(sid)
         elif hold.timer is None:
             assert self._loop is not None
-            hold.timer = self._loop.call_later(self.hold_s, self._release, sid)
+            hold.timer = self._loop.call_later(self.hold_s, self._release, sid, True)
 
     async def wait_for_room(self, stream: Stream) -> None:
         await stream.has_room.wait()
@@ -231,8 +231,10 @@ class RemoteScheduler:
             self._send(("close", sid))
 
     # -- internals ---------------------------------------------------------------------------
-    def _release(self, sid: int) -> None:
-        """Send the audio held for stream ``sid`` as one message; the next block's count moves on."""
+    def _release(self, sid: int, ended: bool = False) -> None:
+        """Send the audio held for stream ``sid`` as one message; the next block's count moves on.
+        ``ended``: the hold ran out, so the model process takes the audio at once (a drain), not
+        after a hold of its own."""
         hold = self._holds.get(sid)
         if hold is None:
             return  # closed meanwhile
@@ -240,6 +242,8 @@ class RemoteScheduler:
         if hold.parts:
             self._send(("feed", sid, b"".join(hold.parts)))
             hold.parts.clear()
+            if ended:
+                self._send(("drain", sid))
         fed = self._fed[sid]
         while hold.next_at is not None and hold.next_at <= fed:
             hold.next_at += hold.period

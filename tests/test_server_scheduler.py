@@ -347,3 +347,33 @@ def test_a_front_holds_audio_until_a_block_completes() -> None:
     texts, feed_messages, frames_sent = run(main())
     assert texts == [direct_finals(a) for a in audios]
     assert feed_messages < frames_sent / 3  # one per block (and the first frames), not one per frame
+
+
+def test_a_front_hold_that_ends_sends_the_audio_for_processing_at_once() -> None:
+    """A stalled client's audio short of a block: the front's hold ends after hold_s and the model
+    process takes it at once (no second hold there), so the stream is acknowledged."""
+    from multiprocessing import Pipe
+
+    from server.remote import ModelService, RemoteScheduler
+
+    factory = _BlockFactory()
+
+    async def main():
+        front_end, model_end = Pipe()
+        service = ModelService(factory, max_sessions=8, hold_s=3600.0)
+        service.start()
+        service.add(model_end)
+        remote = RemoteScheduler(front_end, max_pending_samples=10**9, hold_s=0.05)
+        remote.start()
+        s = await remote.open()
+        audio = _f32(make_audio(2.0, 90))
+        remote.feed(s, audio[:BLOCK])  # before the first report: sent at once, one block
+        await _until(lambda: s.processed_samples == BLOCK)
+        remote.feed(s, audio[BLOCK:BLOCK + BLOCK // 3])  # held here for 50 ms, then taken at once
+        await asyncio.wait_for(s.idle.wait(), 60)
+        processed = s.processed_samples
+        await remote.stop()
+        await service.stop()
+        return processed
+
+    assert run(main()) == BLOCK + BLOCK // 3
