@@ -30,7 +30,8 @@ from asr.models.io import LoadedModel
 from asr.models.lm import TransformerLM
 from streaming.endpoint import EndpointConfig, Endpointer
 
-__all__ = ["FLUSH_PAD_MS", "flush_frames", "flush_pad", "samples_for_frames", "Result", "Recognizer", "encoder_inputs", "decode_round",
+__all__ = ["FLUSH_PAD_MS", "flush_frames", "flush_pad", "samples_for_frames", "Result", "Recognizer", "encoder_inputs",
+           "decode_round",
            "process_batch", "finalize_batch"]
 
 # The end-of-stream flush (finalize) appends digital silence, so that the stream ends as it would
