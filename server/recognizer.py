@@ -19,6 +19,12 @@ Factory contract (what `streaming.make_recognizer_factory(settings)` returns):
   would return. If it raises, every stream of that call gets an `internal` error. Without it (or
   for a single stream) the scheduler calls `finalize` per stream.
 
+Optional recognizer members the scheduler uses when present (`streaming.Recognizer` has both):
+`samples_until_block() -> int | None`, the samples the stream needs before its next result can
+come (None: no such bound), and `block_samples`, the samples per block after that one; with them a
+stream's audio short of a block is held out of the passes (`Scheduler.hold_s`, and in the fronts
+under `--workers`).
+
 All factory and recognizer calls happen on one worker thread, so the model is used by one thread.
 """
 

@@ -97,6 +97,14 @@ class _Hold:
             self.timer.cancel()
             self.timer = None
 
+    def update(self, next_block: tuple[int, int] | None) -> None:
+        """A report's (next block's sample count, samples per block); the count may already have
+        moved past the model's here, for audio sent after the pass it reports."""
+        if next_block is None:
+            self.next_at = None
+        else:
+            self.next_at, self.period = max(next_block[0], self.next_at or 0), next_block[1]
+
 
 class RemoteScheduler:
     """The front's `Scheduler`: the same per-stream API, the model in another process.
@@ -293,13 +301,9 @@ class RemoteScheduler:
             return  # closed here meanwhile
         _, _, packed, processed, finalized, error_text, next_block = message
         hold = self._holds[sid]
-        if next_block is None:
-            hold.next_at = None
-            self._release(sid)
-        else:  # the model's count, or the one already moved past it here
-            hold.next_at, hold.period = max(next_block[0], hold.next_at or 0), next_block[1]
-            if self._fed[sid] >= hold.next_at:
-                self._release(sid)
+        hold.update(next_block)
+        if hold.next_at is None or self._fed[sid] >= hold.next_at:
+            self._release(sid)  # no block to wait for, or the held audio completes it
         fed_at, feeds = None, self._feeds[sid]
         while feeds and feeds[0][0] <= processed:  # the feeds this report covers; the newest one's time
             fed_at = feeds.popleft()[1]

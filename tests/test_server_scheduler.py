@@ -12,6 +12,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from test_server_fake import BLOCK, BatchingFakeFactory, FakeFactory, FakeRecognizer, direct_finals, make_audio, random_frames, run  # noqa: E402
 
+from test_server_limits import _until  # noqa: E402
+
 from server.scheduler import Scheduler  # noqa: E402
 
 
@@ -243,14 +245,6 @@ class _BlockFactory(BatchingFakeFactory):
         rec = _BlockRecognizer()
         self.made.append(rec)
         return rec
-
-
-async def _until(predicate) -> None:
-    for _ in range(10000):  # a hang guard, not a timing
-        if predicate():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("the scheduler never got there")
 
 
 def test_streams_short_of_a_block_are_held_until_it_completes() -> None:
