@@ -27,6 +27,7 @@ from torch import nn
 from asr.attention import KVCache, block_causal_mask_range, padding_mask
 from asr.encoder.config import EncoderConfig
 from asr.encoder.layers import ConformerLayer
+from asr.encoder.slots import SlotConv, SlotKV, pool_for
 from asr.encoder.subsampling import CPU_MAX_FRAMES, STRIDE, Conv2dSubsampling, subsampled_length
 
 __all__ = ["ConformerEncoder", "EncoderState", "FRAME_MS", "block_size_from_ms"]
@@ -56,8 +57,11 @@ class EncoderState:
         feats: (B, t, F) feature frames not yet consumed by the subsampling (starts at feature
             frame ``4 * (offset + frames.shape[1])``).
         frames: (B, t', D) subsampled frames waiting for their block to complete.
-        kv: per-layer attention caches (the last ``left_blocks * block_size`` frames).
-        conv: per-layer causal-conv caches, (B, conv_kernel - 1, D) each.
+        kv: per-layer attention caches (the last ``left_blocks * block_size`` frames): a tuple, or
+            for a stream that :meth:`ConformerEncoder.step_batch` put into a cache slot a
+            :class:`~asr.encoder.slots.SlotKV`, which reads as one (see :mod:`asr.encoder.slots`).
+        conv: per-layer causal-conv caches, (B, conv_kernel - 1, D) each (a tuple or a
+            :class:`~asr.encoder.slots.SlotConv`).
         offset: encoder frames emitted so far (absolute position of ``frames[:, 0]``).
         finished: True after a ``final`` step.
     """
@@ -66,8 +70,8 @@ class EncoderState:
     left_blocks: int | None
     feats: torch.Tensor
     frames: torch.Tensor
-    kv: tuple[KVCache, ...]
-    conv: tuple[torch.Tensor, ...]
+    kv: Sequence[KVCache]
+    conv: Sequence[torch.Tensor]
     offset: int = 0
     finished: bool = False
 
@@ -204,7 +208,10 @@ class ConformerEncoder(nn.Module):
         whose caches have the same shape and the same positions relative to the new frames (every
         stream in steady state: full left context, block-aligned) go through the conformer layers
         as one batch. Masks and relative positions depend only on position differences, so each
-        result equals ``step(xs[i], states[i], final[i])``.
+        result equals ``step(xs[i], states[i], final[i])``. Streams in steady state keep their caches
+        in slots of one tensor per layer (:mod:`asr.encoder.slots`): the batch is gathered from
+        them and written back, and a state whose slot this call writes is consumed (step the
+        returned one; the old one raises).
 
         Args:
             xs: (1, t_i, F) feature frames per stream. states: their (batch-1) states.
@@ -263,13 +270,21 @@ class ConformerEncoder(nn.Module):
 
     def _group_key(self, y: torch.Tensor, s: EncoderState) -> tuple:
         """Streams with equal keys can share one batched :meth:`_layers` call (see :meth:`step_batch`)."""
-        kv0 = s.kv[0]
+        kv0 = s.kv if isinstance(s.kv, SlotKV) else s.kv[0]
         phase = s.offset % s.block_size if s.block_size else s.offset
         return (y.shape[1], s.block_size, s.left_blocks, kv0.length, s.offset - kv0.start, phase)
 
     def _stack_states(self, states: list[EncoderState]) -> EncoderState:
-        """Batch-1 states of one :meth:`_group_key` group -> one batched state (positions of the first)."""
+        """Batch-1 states of one :meth:`_group_key` group -> one batched state (positions of the first).
+        States in slots of one pool are gathered from it (see :mod:`asr.encoder.slots`)."""
         first = states[0]
+        if isinstance(first.kv, SlotKV) and all(isinstance(s.kv, SlotKV) and s.kv.slot.pool is first.kv.slot.pool
+                                                for s in states):
+            for s in states:
+                s.kv.check()
+            pool = first.kv.slot.pool
+            kv, conv = pool.gather(pool.index([s.kv.slot for s in states]), first.kv.start, first.kv.max_len)
+            return dataclasses.replace(first, kv=kv, conv=conv)
         return dataclasses.replace(
             first,
             kv=tuple(KVCache(torch.cat([s.kv[l].k for s in states]), torch.cat([s.kv[l].v for s in states]),
@@ -280,15 +295,28 @@ class ConformerEncoder(nn.Module):
 
     def _row_states(self, new: EncoderState, batched: EncoderState, olds: list[EncoderState]) -> list[EncoderState]:
         """The rows of the batched result ``new`` as the next states of the streams whose states
-        were ``olds`` (each tensor split into its rows in one call: with a slice per stream, layer
-        and tensor, this was a third of a 1024-stream pass's host time)."""
+        were ``olds``. Caches at their bound (full left context: the same shape every block from
+        then on) go into slots, one ``index_copy_`` per tensor (:mod:`asr.encoder.slots`); shorter
+        ones are split into per-stream rows, one ``split`` per tensor."""
+        moved = new.offset - batched.offset
+        kv0 = new.kv[0]
+        if kv0.max_len is not None and kv0.length == kv0.max_len:
+            pool = pool_for(self, kv0, new.conv[0], len(new.kv))
+            slots = [s.kv.slot if isinstance(s.kv, SlotKV) and s.kv.slot.pool is pool else None for s in olds]
+            missing = [i for i, slot in enumerate(slots) if slot is None]
+            for i, slot in zip(missing, pool.allocate(len(missing))):
+                slots[i] = slot
+            versions = pool.scatter(slots, pool.index(slots), new.kv, new.conv)
+            shift = kv0.start - batched.kv[0].start
+            return [dataclasses.replace(s, kv=SlotKV(slot, version, _kv_start(s) + shift, kv0.max_len),
+                                        conv=SlotConv(slot, version), offset=s.offset + moved)
+                    for s, slot, version in zip(olds, slots, versions)]
         kv_rows = [list(zip(n.k.split(1), n.v.split(1))) for n in new.kv]  # [layer][row] -> (k, v)
         conv_rows = [c.split(1) for c in new.conv]
-        moved = new.offset - batched.offset
         out = []
         for row, s in enumerate(olds):
-            kv = tuple(KVCache(*kv_rows[l][row], old.start + n.start - b.start, n.max_len)
-                       for l, (n, old, b) in enumerate(zip(new.kv, s.kv, batched.kv)))
+            start = _kv_start(s) + new.kv[0].start - batched.kv[0].start  # every layer covers the same positions
+            kv = tuple(KVCache(*kv_rows[l][row], start, n.max_len) for l, n in enumerate(new.kv))
             conv = tuple(c[row] for c in conv_rows)
             out.append(dataclasses.replace(s, kv=kv, conv=conv, offset=s.offset + moved))
         return out
@@ -332,6 +360,11 @@ class ConformerEncoder(nn.Module):
             kv.append(layer_kv)
             conv.append(layer_conv)
         return y, dataclasses.replace(state, kv=tuple(kv), conv=tuple(conv), offset=state.offset + ready)
+
+
+def _kv_start(state: EncoderState) -> int:
+    """Absolute position of the first frame in the state's attention caches (every layer's the same)."""
+    return state.kv.start if isinstance(state.kv, SlotKV) else state.kv[0].start
 
 
 def _ready_frames(n: int, block_size: int | None, final: bool) -> int:
