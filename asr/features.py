@@ -147,20 +147,29 @@ class OnlineFbank(_FbankCore):
                for fb in fbanks):
             raise ValueError("OnlineFbank.accept_many: the fbanks differ in config, device or dtype")
         host = np.float64 if window.dtype == torch.float64 else np.float32  # the samples' precision on the device
-        bufs, starts, counts, offset = [], [], [], 0
+        pieces = []  # every stream's pending samples, then its new ones: one host buffer for all
         for fb, x in zip(fbanks, samples):
             x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-            buf = np.concatenate([fb.pending.astype(host, copy=False), x.astype(host, copy=False).ravel()])
-            n = num_frames(len(buf), cfg)
-            starts.append(offset + cfg.window_shift * np.arange(n))
-            fb.pending = buf[n * cfg.window_shift:]
-            bufs.append(buf)
-            counts.append(n)
-            offset += len(buf)
-        if not sum(counts):
+            pieces += (fb.pending, x.ravel())
+        flat = np.concatenate(pieces).astype(host, copy=False)
+        sizes = np.fromiter((p.size for p in pieces), np.int64, len(pieces))
+        lens = sizes[0::2] + sizes[1::2]  # samples per stream
+        ends = np.cumsum(lens)
+        offsets = ends - lens
+        counts_np = np.where(lens < cfg.window_size, 0, (lens - cfg.window_size) // cfg.window_shift + 1)
+        counts = counts_np.tolist()
+        used = offsets + counts_np * cfg.window_shift  # each stream's first sample not framed
+        for fb, a, b in zip(fbanks, used.tolist(), ends.tolist()):
+            # a copy (< one window), not a view that keeps the whole pass's buffer; and not through
+            # Module.__setattr__, which a server pass would run once per stream
+            fb.__dict__["pending"] = flat[a:b].copy()
+        total = int(counts_np.sum())
+        if not total:
             return [window.new_zeros(0, cfg.num_mel_bins) for _ in fbanks]
-        flat = torch.from_numpy(np.concatenate(bufs)).to(window.device)
-        start = torch.from_numpy(np.concatenate(starts)).to(window.device)
+        # frame k of stream i starts at offsets[i] + k * shift
+        base = np.repeat(offsets - (np.cumsum(counts_np) - counts_np) * cfg.window_shift, counts_np)
+        start = torch.from_numpy(base + cfg.window_shift * np.arange(total)).to(window.device)
+        flat = torch.from_numpy(flat).to(window.device)
         frames = flat[start[:, None] + torch.arange(cfg.window_size, device=window.device)]  # (sum t_i, win)
         return list(first._frames_to_fbank(frames.to(window.dtype) * 32768.0).split(counts))
 

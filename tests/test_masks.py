@@ -90,3 +90,14 @@ def test_bad_arguments():
         block_causal_mask(4, 2, -1)
     with pytest.raises(ValueError):
         sliding_window_mask(4, 0)
+
+
+def test_pad_rows_equals_pad_sequence():
+    from torch.nn.utils.rnn import pad_sequence
+
+    from asr.attention import pad_rows
+
+    g = torch.Generator().manual_seed(0)
+    for lens in ([3, 0, 5, 1], [4, 4, 4], [0, 2], [7]):
+        rows = [torch.randn(n, 3, 2, generator=g, dtype=torch.float64) for n in lens]
+        assert torch.equal(pad_rows(rows), pad_sequence(rows, batch_first=True))

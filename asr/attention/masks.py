@@ -8,10 +8,14 @@ left contexts are ``int | None``; ``None`` means full context / unlimited, never
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
 
 __all__ = [
     "padding_mask",
+    "pad_rows",
     "causal_mask",
     "block_causal_mask",
     "block_causal_mask_range",
@@ -46,6 +50,22 @@ def padding_mask(lens: torch.Tensor, max_len: int | None = None) -> torch.Tensor
         max_len = int(lens.max()) if lens.numel() else 0
     return torch.arange(max_len, device=lens.device)[None, :] < lens[:, None]
 
+
+
+def pad_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(n_i, ...) tensors of one dtype and device -> (B, max n_i, ...), zero-padded at the end:
+    ``pad_sequence(rows, batch_first=True)`` in one ``cat`` and one ``index_copy_`` (pad_sequence
+    copies row by row, one kernel per row on a GPU: a server pass pads a row per stream)."""
+    lens = np.fromiter((r.shape[0] for r in rows), np.int64, len(rows))
+    width = int(lens.max())
+    flat = torch.cat(list(rows))
+    if (lens == width).all():
+        return flat.view(len(rows), width, *flat.shape[1:])
+    # row i's frame k goes to i * width + k
+    index = np.repeat(np.arange(len(rows)) * width - (np.cumsum(lens) - lens), lens) + np.arange(flat.shape[0])
+    out = flat.new_zeros(len(rows) * width, *flat.shape[1:])
+    out.index_copy_(0, torch.from_numpy(index).to(flat.device), flat)
+    return out.view(len(rows), width, *flat.shape[1:])
 
 def causal_mask(n: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Frame ``i`` attends frames ``j <= i``.

@@ -18,9 +18,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
-from asr.attention import combine_with_padding, padding_mask
+from asr.attention import combine_with_padding, pad_rows, padding_mask
 from asr.decode.base import BlockDecoder, Tokens
 from asr.models.sar import SARDecoder
 from asr.search.ctc import CtcGreedyState, ctc_greedy_labels
@@ -149,7 +148,7 @@ def fuse_windows(sar: SARDecoder, windows: Sequence[torch.Tensor],
         fused logits (W_i, V) per stream. Windows and contexts of different lengths are padded;
         padded keys and LM states are masked, so each equals ``sar.fuse`` of that stream alone.
     """
-    memory = pad_sequence(list(states), batch_first=True)  # (B, S, Dl)
+    memory = pad_rows(states)  # (B, S, Dl)
     logits, w_lens = _fuse_padded(sar, windows, memory, [s.shape[0] for s in states])
     return [logits[i, :n] for i, n in enumerate(w_lens)]
 
@@ -172,7 +171,7 @@ def _fuse_padded(sar: SARDecoder, windows: Sequence[torch.Tensor], memory: torch
     if len(windows) == 1:
         return sar.fuse(windows[0][None], None, memory[:, : s_lens[0]], None), lens
     device = windows[0].device
-    x = pad_sequence(list(windows), batch_first=True)  # (B, W, D)
+    x = pad_rows(windows)  # (B, W, D)
     W, S = x.shape[1], memory.shape[1]
     self_mask = cross_mask = None
     if any(n != W for n in lens):

@@ -252,7 +252,8 @@ class ConformerEncoder(nn.Module):
             return [self._front(x, s, f) for x, s, f in zip(xs, states, finals)]
         for s in states:
             _check_not_finished(s)
-        feats = _cat_rows([(s.feats[0], x[0].to(dtype)) for x, s in zip(xs, states)])  # (t_i, F) per stream
+        feats = _cat_rows([(s.feats[0], x[0] if x.dtype == dtype else x[0].to(dtype))  # (t_i, F) per stream
+                           for x, s in zip(xs, states)])
         n_new = [subsampled_length(f.shape[0]) for f in feats]
         live = [i for i, n in enumerate(n_new) if n]
         new: list[tuple[torch.Tensor, ...]] = [()] * len(feats)

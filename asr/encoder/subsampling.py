@@ -6,8 +6,9 @@ import functools
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 from torch.utils.checkpoint import checkpoint
+
+from asr.attention.masks import pad_rows
 
 __all__ = ["CPU_MAX_FRAMES", "Conv2dSubsampling", "subsampled_length", "pad_groups"]
 
@@ -69,7 +70,7 @@ class Conv2dSubsampling(nn.Module):
         n_out = [subsampled_length(x.shape[0]) for x in xs]
         out: list[torch.Tensor | None] = [None] * len(xs)
         for group in _bounded(pad_groups(n_out), n_out, max_frames):
-            y = self.compute(pad_sequence([xs[i] for i in group], batch_first=True))  # (G, max n, D)
+            y = self.compute(pad_rows([xs[i] for i in group]))  # (G, max n, D)
             for row, i in enumerate(group):
                 out[i] = y[row, : n_out[i]]
         return out  # type: ignore[return-value]
