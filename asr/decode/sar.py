@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from asr.attention import combine_with_padding, pad_rows, padding_mask
@@ -134,7 +135,8 @@ def label_states(sar: SARDecoder, contexts: Sequence[list[int]],
     ``max_context`` each position sees at most that many earlier ones (a bounded decoding cache)."""
     lens = [len(c) for c in contexts]
     width = max(lens)
-    ids = torch.tensor([c + [SOS_EOS] * (width - len(c)) for c in contexts], device=device)
+    ids = np.array([c + [SOS_EOS] * (width - len(c)) for c in contexts], dtype=np.int64)  # (not torch.tensor: slow on lists)
+    ids = torch.from_numpy(ids).to(device)
     return sar.lm.hidden(ids, max_context=sar.lm.cfg.max_context), lens
 
 

@@ -23,6 +23,7 @@ import threading
 import weakref
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from asr.attention import KVCache
@@ -91,7 +92,7 @@ class SlotPool:
         rows = [s.index for s in slots]
         if len(set(rows)) != len(rows):
             raise RuntimeError("step_batch got the same stream's state twice")
-        return torch.tensor(rows, device=self.device)
+        return torch.from_numpy(np.array(rows, dtype=np.int64)).to(self.device)  # (torch.tensor of a list: ~5 us a row)
 
     def gather(self, index: torch.Tensor, start: int, max_len: int | None
                ) -> tuple[tuple[KVCache, ...], tuple[torch.Tensor, ...]]:
