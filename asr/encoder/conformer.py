@@ -320,7 +320,7 @@ class ConformerEncoder(nn.Module):
             versions = pool.scatter(slots, pool.index(slots), new.kv, new.conv)
             shift = kv0.start - batched.kv[0].start
             return [_evolve(s, kv=SlotKV(slot, version, _kv_start(s) + shift, kv0.max_len),
-                                        conv=SlotConv(slot, version), offset=s.offset + moved)
+                            conv=SlotConv(slot, version), offset=s.offset + moved)
                     for s, slot, version in zip(olds, slots, versions)]
         kv_rows = [list(zip(n.k.split(1), n.v.split(1))) for n in new.kv]  # [layer][row] -> (k, v)
         conv_rows = [c.split(1) for c in new.conv]
