@@ -208,10 +208,10 @@ class ConformerEncoder(nn.Module):
         whose caches have the same shape and the same positions relative to the new frames (every
         stream in steady state: full left context, block-aligned) go through the conformer layers
         as one batch. Masks and relative positions depend only on position differences, so each
-        result equals ``step(xs[i], states[i], final[i])``. Streams in steady state keep their caches
-        in slots of one tensor per layer (:mod:`asr.encoder.slots`): the batch is gathered from
-        them and written back, and a state whose slot this call writes is consumed (step the
-        returned one; the old one raises).
+        result equals ``step(xs[i], states[i], final[i])``. Streams with a bounded left context
+        keep their caches in slots of one tensor per layer (:mod:`asr.encoder.slots`): the batch is
+        gathered from them and written back, and a state whose slot this call writes is consumed
+        (step the returned one; the old one raises).
 
         Args:
             xs: (1, t_i, F) feature frames per stream. states: their (batch-1) states.
@@ -306,12 +306,14 @@ class ConformerEncoder(nn.Module):
 
     def _row_states(self, new: EncoderState, batched: EncoderState, olds: list[EncoderState]) -> list[EncoderState]:
         """The rows of the batched result ``new`` as the next states of the streams whose states
-        were ``olds``. Caches at their bound (full left context: the same shape every block from
-        then on) go into slots, one ``index_copy_`` per tensor (:mod:`asr.encoder.slots`); shorter
-        ones are split into per-stream rows, one ``split`` per tensor."""
+        were ``olds``. Bounded caches go into slots, one ``index_copy_`` per tensor
+        (:mod:`asr.encoder.slots`): a pool per cache length, so at most ``max_len + 1`` pools, and
+        from the stream's fifth block (C = 16, L = 4) on, one pool and the same slot every block.
+        Unbounded caches (``left_blocks`` None: a new length every block) are split into per-stream
+        rows, one ``split`` per tensor."""
         moved = new.offset - batched.offset
         kv0 = new.kv[0]
-        if kv0.max_len is not None and kv0.length == kv0.max_len:
+        if kv0.max_len is not None:
             pool = pool_for(self, kv0, new.conv[0], len(new.kv))
             slots = [s.kv.slot if isinstance(s.kv, SlotKV) and s.kv.slot.pool is pool else None for s in olds]
             missing = [i for i, slot in enumerate(slots) if slot is None]

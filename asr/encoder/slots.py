@@ -1,8 +1,9 @@
 """Cache slots: the steady-state encoder caches of many streams, one tensor per layer.
 
-A server steps hundreds of streams in one pass (:meth:`ConformerEncoder.step_batch`). Once a
-stream's attention cache holds its whole left context, every block leaves it a cache of the same
-shape; a :class:`SlotPool` keeps those caches as rows of one key, one value and one conv tensor per
+A server steps hundreds of streams in one pass (:meth:`ConformerEncoder.step_batch`). Streams
+whose attention caches have the same length (with a bounded left context: every stream from its
+fifth block on, at 640 ms blocks and 4 blocks of left context) have caches of the same shape; a
+:class:`SlotPool` per length keeps them as rows of one key, one value and one conv tensor per
 layer. A pass gathers the rows of the streams it steps (one ``index_select`` per tensor), runs the
 layers over them as a batch and writes the new caches back (one ``index_copy_`` per tensor). With a
 cache object and a row view per stream, layer and tensor instead, splitting the batch back into
