@@ -334,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
 
         factory = streaming.make_recognizer_factory(args.model, decoder=args.decoder, block_ms=args.block_ms,
                                                     device=args.device)
+        from server.scheduler import freeze_loaded_objects
         from server.workers import streaming_factory
+
+        freeze_loaded_objects()  # as asr serve does (the --workers model process does it itself)
 
         make_factory = functools.partial(streaming_factory, factory.settings)
         device = str(next(factory.loaded.model.parameters()).device)

@@ -122,6 +122,9 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"asr serve: cannot load model {args.model}: {exc}", file=sys.stderr)
         return 2
     from .app import run_server
+    from .scheduler import freeze_loaded_objects
+
+    freeze_loaded_objects()
 
     def ready(server: Any) -> None:
         print(_ready_line(config, server.url), file=sys.stderr, flush=True)

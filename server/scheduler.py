@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import deque
@@ -32,9 +33,21 @@ from asr.inference import InferenceConfig
 from .config import SAMPLE_RATE
 from .recognizer import Recognizer, RecognizerFactory, Result, process_sequential
 
-__all__ = ["Delivery", "ModelUnavailable", "Stream", "Scheduler", "failure_message"]
+__all__ = ["Delivery", "ModelUnavailable", "Stream", "Scheduler", "failure_message", "freeze_loaded_objects"]
 
 log = logging.getLogger("server")
+
+
+
+def freeze_loaded_objects() -> None:
+    """Call once the model is loaded, before the first session: every object alive then (the
+    model's modules and tensors, the imported modules: ~200k) moves to the collector's permanent
+    generation, so its full collections no longer walk them. They pause the model loop with the
+    GIL held, and its passes make garbage fast: at 1024 SAR streams (tiny model, 9 passes, CPU),
+    full collections took 0.46 s in all, the longest 90 ms; with this, 0.05 s and 17 ms."""
+    gc.collect()
+    gc.freeze()
+
 
 BatchFn = Callable[[list[tuple[Recognizer, np.ndarray]]], list[list[Result]]]
 FinalizeFn = Callable[[list[Recognizer]], list[list[Result]]]

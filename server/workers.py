@@ -68,6 +68,9 @@ def _model_main(make_factory: MakeFactory, config: ServerConfig, address: str, a
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which prints it
         status.send(("error", str(exc) or repr(exc)))
         return
+    from .scheduler import freeze_loaded_objects
+
+    freeze_loaded_objects()
     listener = Listener(address, family="AF_UNIX", authkey=authkey)
     status.send(("ready", None))
     asyncio.run(_model_loop(factory, config, listener, status))

@@ -371,3 +371,16 @@ def test_a_front_hold_that_ends_sends_the_audio_for_processing_at_once() -> None
         return processed
 
     assert run(main()) == BLOCK + BLOCK // 3
+
+
+def test_freeze_loaded_objects_moves_what_is_alive_out_of_the_collections():
+    import gc
+
+    from server.scheduler import freeze_loaded_objects
+
+    before = gc.get_freeze_count()
+    try:
+        freeze_loaded_objects()
+        assert gc.get_freeze_count() > before and gc.isenabled()
+    finally:
+        gc.unfreeze()  # (the rest of the test process keeps its collector as it was)
