@@ -15,6 +15,7 @@ import torch
 
 __all__ = [
     "padding_mask",
+    "pad_flat",
     "pad_rows",
     "causal_mask",
     "block_causal_mask",
@@ -56,16 +57,21 @@ def pad_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     """(n_i, ...) tensors of one dtype and device -> (B, max n_i, ...), zero-padded at the end:
     ``pad_sequence(rows, batch_first=True)`` in one ``cat`` and one ``index_copy_`` (pad_sequence
     copies row by row, one kernel per row on a GPU: a server pass pads a row per stream)."""
-    lens = np.fromiter((r.shape[0] for r in rows), np.int64, len(rows))
-    width = int(lens.max())
-    flat = torch.cat(list(rows))
-    if (lens == width).all():
-        return flat.view(len(rows), width, *flat.shape[1:])
+    return pad_flat(torch.cat(list(rows)), [r.shape[0] for r in rows])
+
+
+def pad_flat(flat: torch.Tensor, lens: Sequence[int]) -> torch.Tensor:
+    """:func:`pad_rows` of the rows that ``flat`` (sum n_i, ...) holds one after another (n_i = ``lens``)."""
+    n = np.asarray(lens, dtype=np.int64)
+    width = int(n.max())
+    if (n == width).all():
+        return flat.view(len(n), width, *flat.shape[1:])
     # row i's frame k goes to i * width + k
-    index = np.repeat(np.arange(len(rows)) * width - (np.cumsum(lens) - lens), lens) + np.arange(flat.shape[0])
-    out = flat.new_zeros(len(rows) * width, *flat.shape[1:])
+    index = np.repeat(np.arange(len(n)) * width - (np.cumsum(n) - n), n) + np.arange(flat.shape[0])
+    out = flat.new_zeros(len(n) * width, *flat.shape[1:])
     out.index_copy_(0, torch.from_numpy(index).to(flat.device), flat)
-    return out.view(len(rows), width, *flat.shape[1:])
+    return out.view(len(n), width, *flat.shape[1:])
+
 
 def causal_mask(n: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Frame ``i`` attends frames ``j <= i``.

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from asr.attention import combine_with_padding, pad_rows, padding_mask
+from asr.attention import combine_with_padding, pad_flat, pad_rows, padding_mask
 from asr.decode.base import BlockDecoder, Tokens
 from asr.models.sar import SARDecoder
 from asr.search.ctc import CtcGreedyState, ctc_greedy_labels
@@ -64,22 +64,19 @@ class SarGreedyDecoder(BlockDecoder):
         """The LM states ``s_0 .. s_n`` (n + 1, Dl) the next block's fusion attends to."""
         return label_states(self.sar, [self.lm_inputs], self.sar.out.weight.device)[0][0]
 
-    def _window(self, enc: torch.Tensor) -> torch.Tensor:
-        """The frames to decode: the carried tentative tail of the previous block, then ``enc``."""
-        return enc if self.carry_enc is None else torch.cat([self.carry_enc, enc])
-
-    def _commit(self, window: torch.Tensor, labels: list[int], final: bool) -> None:
-        """Greedy CTC over the window's fused labels (the argmax of its W fused logit frames, on the
-        host): commit the head, keep the last g frames tentative."""
-        keep = 0 if final else min(self.g, window.shape[0])
-        cut = window.shape[0] - keep
+    def _commit(self, labels: list[int], final: bool) -> int:
+        """Greedy CTC over a window's fused labels (the argmax of its W fused logit frames, on the
+        host): commit the head, keep the tokens of the last g frames tentative. Returns how many
+        frames to carry into the next block's window (the caller cuts them out)."""
+        keep = 0 if final else min(self.g, len(labels))
+        cut = len(labels) - keep
         head, head_state = ctc_greedy_labels(labels[:cut], self.state)
         tail, _ = ctc_greedy_labels(labels[cut:], head_state)
         self.lm_inputs = self.lm_inputs + head.tokens
         self.committed = self.committed + Tokens(head.tokens, head.frames)
         self.tentative = Tokens(tail.tokens, tail.frames)
         self.state = head_state
-        self.carry_enc = window[cut:] if keep else None
+        return keep
 
     def batch_key(self) -> object:
         return ("sar", id(self.sar))  # streams of one SAR decoder share its fusion call
@@ -94,23 +91,39 @@ class SarGreedyDecoder(BlockDecoder):
         """``accept_block`` for many streams of one SAR decoder: one LM call over every stream's
         label context, one fusion call over every window (both padded, with masks) and one host copy
         of the labels. (The CTC labels are not used: SAR decodes its fused logits.)"""
-        live = [(d, d._window(e)) for d, e in zip(decoders, encs) if e.shape[0]]
+        live = [(d, e) for d, e in zip(decoders, encs) if e.shape[0]]
         if live:
-            SarGreedyDecoder._decode(live, final=False)
+            # each window is the decoder's carried tail, then its block: all of them in one cat
+            pieces = [t for d, e in live for t in ((e,) if d.carry_enc is None else (d.carry_enc, e))]
+            lens = [e.shape[0] + (0 if d.carry_enc is None else d.carry_enc.shape[0]) for d, e in live]
+            SarGreedyDecoder._decode([d for d, _ in live], torch.cat(pieces), lens, final=False)
 
     @staticmethod
-    def _decode(live: Sequence[tuple["SarGreedyDecoder", torch.Tensor]], final: bool) -> None:
-        labels = fused_labels(live[0][0].sar, [w for _, w in live], [d.lm_inputs for d, _ in live])
-        for (d, window), lab in zip(live, labels):
-            d._commit(window, lab, final=final)
+    def _decode(decoders: Sequence["SarGreedyDecoder"], windows: torch.Tensor, lens: list[int], final: bool) -> None:
+        """Decode the windows that ``windows`` (sum W_i, D) holds one after another (W_i = ``lens``)
+        and set each decoder's carry: its window's last frames, cut out for all in one gather (views
+        of one small tensor, not of the pass's windows)."""
+        labels = fused_labels(decoders[0].sar, windows, lens, [d.lm_inputs for d in decoders])
+        keeps = [d._commit(lab, final) for d, lab in zip(decoders, labels)]
+        ends = np.cumsum(lens)
+        kept = [i for i, k in enumerate(keeps) if k]
+        carries: list[torch.Tensor | None] = [None] * len(decoders)
+        if kept:
+            index = np.concatenate([np.arange(ends[i] - keeps[i], ends[i]) for i in kept])
+            tails = windows.index_select(0, torch.from_numpy(index).to(windows.device)).split([keeps[i] for i in kept])
+            for i, tail in zip(kept, tails):
+                carries[i] = tail
+        for d, carry in zip(decoders, carries):
+            d.carry_enc = carry
 
     @staticmethod
     @torch.no_grad()
     def finalize_many(decoders: Sequence["SarGreedyDecoder"]) -> list[Tokens]:
         """``finalize`` for many streams of one SAR decoder: one LM and one fusion call over every carried tail."""
-        carried = [(d, d.carry_enc) for d in decoders if d.carry_enc is not None]
-        if carried:
-            SarGreedyDecoder._decode(carried, final=True)  # leaves no carry: finalize() does the rest
+        carried = [d for d in decoders if d.carry_enc is not None]
+        if carried:  # leaves no carry: finalize() does the rest
+            SarGreedyDecoder._decode(carried, torch.cat([d.carry_enc for d in carried]),
+                                     [d.carry_enc.shape[0] for d in carried], final=True)
         return [d.finalize() for d in decoders]
 
     def partial(self) -> Tokens:
@@ -119,7 +132,7 @@ class SarGreedyDecoder(BlockDecoder):
     @torch.no_grad()
     def finalize(self) -> Tokens:
         if self.carry_enc is not None:
-            SarGreedyDecoder._decode([(self, self.carry_enc)], final=True)
+            SarGreedyDecoder._decode([self], self.carry_enc, [self.carry_enc.shape[0]], final=True)
         tokens = self.committed
         if self.context_tokens:
             self.history = (self.history + tokens.ids)[-self.context_tokens:]
@@ -151,34 +164,36 @@ def fuse_windows(sar: SARDecoder, windows: Sequence[torch.Tensor],
         padded keys and LM states are masked, so each equals ``sar.fuse`` of that stream alone.
     """
     memory = pad_rows(states)  # (B, S, Dl)
-    logits, w_lens = _fuse_padded(sar, windows, memory, [s.shape[0] for s in states])
+    w_lens = [w.shape[0] for w in windows]
+    logits = _fuse_padded(sar, torch.cat(list(windows)), w_lens, memory, [s.shape[0] for s in states])
     return [logits[i, :n] for i, n in enumerate(w_lens)]
 
 
-def fused_labels(sar: SARDecoder, windows: Sequence[torch.Tensor], contexts: Sequence[list[int]]) -> list[list[int]]:
-    """The per-frame argmax of the fused logits of each window (W_i, D) given its label context
-    (token ids, ``<sos>`` first), on the host: one LM call, one fusion call and one device-to-host
-    copy for all the streams."""
-    memory, s_lens = label_states(sar, contexts, windows[0].device)
-    logits, w_lens = _fuse_padded(sar, windows, memory, s_lens)
+def fused_labels(sar: SARDecoder, windows: torch.Tensor, lens: Sequence[int],
+                 contexts: Sequence[list[int]]) -> list[list[int]]:
+    """The per-frame argmax of the fused logits of each window given its label context (token
+    ids, ``<sos>`` first), on the host: one LM call, one fusion call and one device-to-host copy for
+    all the streams. ``windows`` (sum W_i, D) holds the windows one after another (W_i = ``lens``)."""
+    memory, s_lens = label_states(sar, contexts, windows.device)
+    logits = _fuse_padded(sar, windows, lens, memory, s_lens)
     rows = logits.argmax(-1).tolist()  # (B, W)
-    return [row[:n] for row, n in zip(rows, w_lens)]
+    return [row[:n] for row, n in zip(rows, lens)]
 
 
-def _fuse_padded(sar: SARDecoder, windows: Sequence[torch.Tensor], memory: torch.Tensor,
-                 s_lens: list[int]) -> tuple[torch.Tensor, list[int]]:
-    """Fused logits (B, W, V) of the windows zero-padded to one length W, against LM states
-    ``memory`` (B, S, Dl) of which the first ``s_lens[i]`` are real; and the window lengths."""
-    lens = [w.shape[0] for w in windows]
-    if len(windows) == 1:
-        return sar.fuse(windows[0][None], None, memory[:, : s_lens[0]], None), lens
-    device = windows[0].device
-    x = pad_rows(windows)  # (B, W, D)
+def _fuse_padded(sar: SARDecoder, windows: torch.Tensor, lens: Sequence[int], memory: torch.Tensor,
+                 s_lens: list[int]) -> torch.Tensor:
+    """Fused logits (B, W, V) of the windows (one after another in ``windows``, W_i = ``lens``)
+    zero-padded to one length W, against LM states ``memory`` (B, S, Dl) of which the first
+    ``s_lens[i]`` are real."""
+    if len(lens) == 1:
+        return sar.fuse(windows[None], None, memory[:, : s_lens[0]], None)
+    device = windows.device
+    x = pad_flat(windows, lens)  # (B, W, D)
     W, S = x.shape[1], memory.shape[1]
     self_mask = cross_mask = None
     if any(n != W for n in lens):
-        valid = padding_mask(torch.tensor(lens, device=device), W)  # (B, W)
+        valid = padding_mask(torch.from_numpy(np.asarray(lens)).to(device), W)  # (B, W)
         self_mask = combine_with_padding(None, valid, valid)  # (B, 1, W, W)
     if any(n != S for n in s_lens):
-        cross_mask = padding_mask(torch.tensor(s_lens, device=device), S)[:, None, None, :].expand(-1, 1, W, S)
-    return sar.fuse(x, self_mask, memory, cross_mask), lens
+        cross_mask = padding_mask(torch.from_numpy(np.asarray(s_lens)).to(device), S)[:, None, None, :].expand(-1, 1, W, S)
+    return sar.fuse(x, self_mask, memory, cross_mask)
