@@ -11,6 +11,7 @@ from torch import nn
 from asr.models.compress import (
     CompressionConfig,
     Int8Conv2d,
+    PatchConv2d,
     Int8Linear,
     compress_state,
     decompress_state,
@@ -91,6 +92,20 @@ def test_int8_conv2d_matches_float_conv():
         Int8Conv2d.from_conv(nn.Conv2d(4, 4, 3, padding=1))
 
 
+def test_patch_conv2d_equals_conv_and_leaves_channels_last():
+    torch.manual_seed(4)
+    conv = nn.Conv2d(1, 8, 3, stride=2).double()
+    patch = PatchConv2d.from_conv(conv)
+    x = torch.randn(2, 1, 19, 80, dtype=torch.float64)
+    with torch.no_grad():
+        y = patch(x)
+        assert torch.allclose(y, conv(x), atol=1e-12, rtol=0)
+        # the int8 convolution after it reads the channels-last memory without a copy
+        assert y.permute(0, 2, 3, 1).is_contiguous()
+    with pytest.raises(ValueError, match="one input channel"):
+        PatchConv2d.from_conv(nn.Conv2d(2, 4, 3))
+
+
 def test_compress_state_round_trip():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(70, 30), nn.LayerNorm(30), nn.Conv1d(30, 30, 5, groups=30))
@@ -129,6 +144,7 @@ def test_compressed_default_model_is_smaller_and_loads(default_int8):
     mods = list(loaded.model.modules())
     assert not any(isinstance(m, nn.Linear) for m in mods)
     assert isinstance(loaded.model.encoder.subsampling.conv2, Int8Conv2d)
+    assert isinstance(loaded.model.encoder.subsampling.conv1, PatchConv2d)
     # the shipped model is untouched: float modules, its own keys
     shipped = load_model_dir(default_model_dir())
     assert shipped.config.compression is None
