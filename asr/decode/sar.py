@@ -104,14 +104,15 @@ class SarGreedyDecoder(BlockDecoder):
         and set each decoder's carry: its window's last frames, cut out for all in one gather (views
         of one small tensor, not of the pass's windows)."""
         labels = fused_labels(decoders[0].sar, windows, lens, [d.lm_inputs for d in decoders])
-        keeps = [d._commit(lab, final) for d, lab in zip(decoders, labels)]
-        ends = np.cumsum(lens)
-        kept = [i for i, k in enumerate(keeps) if k]
+        keeps = np.array([d._commit(lab, final) for d, lab in zip(decoders, labels)], dtype=np.int64)
+        kept = np.flatnonzero(keeps)
         carries: list[torch.Tensor | None] = [None] * len(decoders)
-        if kept:
-            index = np.concatenate([np.arange(ends[i] - keeps[i], ends[i]) for i in kept])
-            tails = windows.index_select(0, torch.from_numpy(index).to(windows.device)).split([keeps[i] for i in kept])
-            for i, tail in zip(kept, tails):
+        if kept.size:
+            counts = keeps[kept]
+            starts = (np.cumsum(lens) - keeps)[kept]  # window i's tail: its last keeps[i] frames
+            index = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+            tails = windows.index_select(0, torch.from_numpy(index).to(windows.device)).split(counts.tolist())
+            for i, tail in zip(kept.tolist(), tails):
                 carries[i] = tail
         for d, carry in zip(decoders, carries):
             d.carry_enc = carry
