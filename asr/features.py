@@ -45,7 +45,7 @@ class FbankConfig:
         return 1 << (self.window_size - 1).bit_length()
 
 
-def num_frames(num_samples: torch.Tensor | int, cfg: FbankConfig) -> torch.Tensor | int:
+def num_frames(num_samples: torch.Tensor | np.ndarray | int, cfg: FbankConfig) -> torch.Tensor | np.ndarray | int:
     """Frames of ``num_samples`` samples with ``snip_edges=True``: ``1 + (n - win) // shift`` or 0.
 
     >>> num_frames(16000, FbankConfig())
@@ -53,6 +53,8 @@ def num_frames(num_samples: torch.Tensor | int, cfg: FbankConfig) -> torch.Tenso
     """
     if isinstance(num_samples, int):
         return 0 if num_samples < cfg.window_size else 1 + (num_samples - cfg.window_size) // cfg.window_shift
+    if isinstance(num_samples, np.ndarray):
+        return np.maximum((num_samples - cfg.window_size) // cfg.window_shift + 1, 0)
     n = (num_samples - cfg.window_size).div(cfg.window_shift, rounding_mode="floor") + 1
     return n.clamp(min=0)
 
@@ -156,7 +158,7 @@ class OnlineFbank(_FbankCore):
         lens = sizes[0::2] + sizes[1::2]  # samples per stream
         ends = np.cumsum(lens)
         offsets = ends - lens
-        counts_np = np.where(lens < cfg.window_size, 0, (lens - cfg.window_size) // cfg.window_shift + 1)
+        counts_np = num_frames(lens, cfg)
         counts = counts_np.tolist()
         used = offsets + counts_np * cfg.window_shift  # each stream's first sample not framed
         for fb, a, b in zip(fbanks, used.tolist(), ends.tolist()):

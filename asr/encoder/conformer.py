@@ -281,7 +281,7 @@ class ConformerEncoder(nn.Module):
 
     def _group_key(self, y: torch.Tensor, s: EncoderState) -> tuple:
         """Streams with equal keys can share one batched :meth:`_layers` call (see :meth:`step_batch`)."""
-        kv0 = s.kv if isinstance(s.kv, SlotKV) else s.kv[0]
+        kv0 = _first_kv(s)
         phase = s.offset % s.block_size if s.block_size else s.offset
         return (y.shape[1], s.block_size, s.left_blocks, kv0.length, s.offset - kv0.start, phase)
 
@@ -321,14 +321,14 @@ class ConformerEncoder(nn.Module):
                 slots[i] = slot
             versions = pool.scatter(slots, pool.index(slots), new.kv, new.conv)
             shift = kv0.start - batched.kv[0].start
-            return [_evolve(s, kv=SlotKV(slot, version, _kv_start(s) + shift, kv0.max_len),
+            return [_evolve(s, kv=SlotKV(slot, version, _first_kv(s).start + shift, kv0.max_len),
                             conv=SlotConv(slot, version), offset=s.offset + moved)
                     for s, slot, version in zip(olds, slots, versions)]
         kv_rows = [list(zip(n.k.split(1), n.v.split(1))) for n in new.kv]  # [layer][row] -> (k, v)
         conv_rows = [c.split(1) for c in new.conv]
         out = []
         for row, s in enumerate(olds):
-            start = _kv_start(s) + new.kv[0].start - batched.kv[0].start  # every layer covers the same positions
+            start = _first_kv(s).start + new.kv[0].start - batched.kv[0].start  # every layer covers the same positions
             kv = tuple(KVCache(*kv_rows[l][row], start, n.max_len) for l, n in enumerate(new.kv))
             conv = tuple(c[row] for c in conv_rows)
             out.append(_evolve(s, kv=kv, conv=conv, offset=s.offset + moved))
@@ -384,9 +384,10 @@ def _evolve(state, **changes):
     return out
 
 
-def _kv_start(state: EncoderState) -> int:
-    """Absolute position of the first frame in the state's attention caches (every layer's the same)."""
-    return state.kv.start if isinstance(state.kv, SlotKV) else state.kv[0].start
+def _first_kv(state: EncoderState) -> KVCache | SlotKV:
+    """What ``start`` and ``length`` of the state's attention caches are read from (every layer
+    covers the same positions): a slot's view itself, else layer 0's cache."""
+    return state.kv if isinstance(state.kv, SlotKV) else state.kv[0]
 
 
 def _ready_frames(n: int, block_size: int | None, final: bool) -> int:

@@ -126,55 +126,56 @@ class Slot:
         weakref.finalize(self, pool.release, index)
 
 
-def _check(slot: Slot, version: int) -> None:
-    if slot.pool.version[slot.index] != version:
-        raise RuntimeError("this encoder state was consumed by a later step_batch, which wrote the "
-                           "stream's cache slot: step the state that call returned")
-
-
-class SlotKV(Sequence[KVCache]):
-    """A slotted state's ``kv``: per layer a :class:`KVCache` over the slot's rows (batch 1)."""
-
-    __slots__ = ("slot", "version", "start", "max_len")
-
-    def __init__(self, slot: Slot, version: int, start: int, max_len: int | None):
-        self.slot, self.version, self.start, self.max_len = slot, version, start, max_len
-
-    @property
-    def length(self) -> int:
-        return self.slot.pool.kv_shape[1]
-
-    def check(self) -> None:
-        _check(self.slot, self.version)
-
-    def __len__(self) -> int:
-        return self.slot.pool.n_layers
-
-    def __getitem__(self, layer):  # type: ignore[override]
-        if isinstance(layer, slice):
-            return tuple(self[i] for i in range(len(self))[layer])
-        self.check()
-        pool, i = self.slot.pool, self.slot.index
-        return KVCache(pool.k[layer][i:i + 1], pool.v[layer][i:i + 1], self.start, self.max_len)
-
-
-class SlotConv(Sequence[torch.Tensor]):
-    """A slotted state's ``conv``: per layer the slot's (1, kernel - 1, D) conv cache."""
+class _SlotRows(Sequence):
+    """One layer's rows of a slot per index, for a state that names the slot at ``version``."""
 
     __slots__ = ("slot", "version")
 
     def __init__(self, slot: Slot, version: int):
         self.slot, self.version = slot, version
 
+    def check(self) -> None:
+        if self.slot.pool.version[self.slot.index] != self.version:
+            raise RuntimeError("this encoder state was consumed by a later step_batch, which wrote the "
+                               "stream's cache slot: step the state that call returned")
+
     def __len__(self) -> int:
         return self.slot.pool.n_layers
 
-    def __getitem__(self, layer):  # type: ignore[override]
+    def __getitem__(self, layer):
         if isinstance(layer, slice):
             return tuple(self[i] for i in range(len(self))[layer])
-        _check(self.slot, self.version)
-        i = self.slot.index
-        return self.slot.pool.conv[layer][i:i + 1]
+        self.check()
+        return self._row(self.slot.pool, self.slot.index, layer)
+
+    def _row(self, pool: SlotPool, i: int, layer: int):
+        raise NotImplementedError
+
+
+class SlotKV(_SlotRows):
+    """A slotted state's ``kv``: per layer a :class:`KVCache` over the slot's rows (batch 1)."""
+
+    __slots__ = ("start", "max_len")
+
+    def __init__(self, slot: Slot, version: int, start: int, max_len: int | None):
+        super().__init__(slot, version)
+        self.start, self.max_len = start, max_len
+
+    @property
+    def length(self) -> int:
+        return self.slot.pool.kv_shape[1]
+
+    def _row(self, pool: SlotPool, i: int, layer: int) -> KVCache:
+        return KVCache(pool.k[layer][i:i + 1], pool.v[layer][i:i + 1], self.start, self.max_len)
+
+
+class SlotConv(_SlotRows):
+    """A slotted state's ``conv``: per layer the slot's (1, kernel - 1, D) conv cache."""
+
+    __slots__ = ()
+
+    def _row(self, pool: SlotPool, i: int, layer: int) -> torch.Tensor:
+        return pool.conv[layer][i:i + 1]
 
 
 _POOLS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, SlotPool]]" = weakref.WeakKeyDictionary()

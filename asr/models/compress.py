@@ -217,14 +217,22 @@ class Int8Conv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C_in, H, W) -> (B, C_out, H', W')."""
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        b, c, h, w = x.shape
-        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-        xl = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
-        st = xl.stride()
-        patches = xl.as_strided((b, ho, wo, kh, kw, c), (st[0], sh * st[1], sw * st[2], st[1], st[2], st[3]))
-        y = self.linear(patches.reshape(b * ho * wo, kh * kw * c))  # (B*H'*W', C_out)
-        return y.view(b, ho, wo, -1).permute(0, 3, 1, 2)
+        patches, (b, ho, wo) = _patches(x, self.kernel, self.stride)
+        return self.linear(patches).view(b, ho, wo, -1).permute(0, 3, 1, 2)
+
+
+def _patches(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
+             ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """The (B * H' * W', kh * kw * C) patches of an unpadded convolution over x (B, C, H, W),
+    gathered channels-last (one strided view and one copy; no copy for channels-last input), and
+    (B, H', W')."""
+    (kh, kw), (sh, sw) = kernel, stride
+    b, c, h, w = x.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    xl = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+    st = xl.stride()
+    patches = xl.as_strided((b, ho, wo, kh, kw, c), (st[0], sh * st[1], sw * st[2], st[1], st[2], st[3]))
+    return patches.reshape(b * ho * wo, kh * kw * c), (b, ho, wo)
 
 
 class PatchConv2d(nn.Module):
@@ -251,12 +259,7 @@ class PatchConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 1, H, W) -> (B, C_out, H', W') (channels last in memory)."""
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        b, _, h, w = x.shape
-        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-        st = x.stride()
-        patches = x.as_strided((b, ho, wo, kh, kw), (st[0], sh * st[2], sw * st[3], st[2], st[3]))
-        patches = patches.reshape(b * ho * wo, kh * kw)
+        patches, (b, ho, wo) = _patches(x, self.kernel, self.stride)
         y = patches @ self.weight if self.bias is None else torch.addmm(self.bias, patches, self.weight)
         return y.view(b, ho, wo, -1).permute(0, 3, 1, 2)
 
