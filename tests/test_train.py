@@ -168,6 +168,36 @@ def test_deadline_stops_at_a_step_boundary_and_resume_is_exact(experiment, tmp_p
     assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_deadline_schedule_anneals_with_the_time_left(experiment, tmp_path, monkeypatch):
+    """schedule: deadline: warm-up, then the LR falls linearly with the clock to min_lr_ratio."""
+    import dataclasses
+
+    import asr.train.trainer as trainer_module
+
+    cfg = load_experiment(experiment)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, schedule="deadline", min_lr_ratio=0.1,
+                                                             max_steps=100))
+    now = [0.0]
+    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: now[0])
+    trainer = Trainer(cfg, tmp_path / "anneal", device="cpu", progress=False)
+    real_step = trainer.optimizer.step
+
+    def step_and_tick(*args, **kwargs):  # each optimizer step takes 1 s of the fake clock
+        now[0] += 1.0
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.optimizer, "step", step_and_tick)
+    trainer.train(deadline=10.0)
+    with open(tmp_path / "anneal" / "train.csv") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    lr, warm = cfg.optim.lr, cfg.optim.warmup_steps
+    expected = [lr * min(s, warm) / warm * max(0.1, (10.0 - s) / 10.0) for s in range(1, len(lrs) + 1)]
+    assert len(lrs) == 10 and lrs == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="optim.schedule"):
+        dataclasses.replace(cfg.optim, schedule="cosine")
+
+
 @pytest.mark.slow
 def test_data_parallel_two_processes(experiment, tmp_path):
     """torchrun with 2 CPU processes (gloo): both ranks step together, stop together, rank 0 writes."""

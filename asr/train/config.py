@@ -59,6 +59,10 @@ class DataConfig:
 class OptimConfig:
     """AdamW with linear warmup then inverse-square-root decay.
 
+    ``schedule: deadline``: after the warm-up the learning rate falls linearly with the wall-clock
+    time left instead, to ``lr * min_lr_ratio`` at the deadline of a time-bounded run
+    (``Trainer.train(deadline)``, e.g. one GPU lease): the run ends annealed however many steps fit.
+
     ``ctc_warmup_steps``: the first steps train the CTC loss alone, with full-context attention
     and no SpecAugment; then the other heads, dynamic blocks and SpecAugment switch on. A
     conformer with all of them on from step 0 sits on the initial CTC plateau (blank only) far
@@ -69,6 +73,8 @@ class OptimConfig:
 
     lr: float = 1e-3
     warmup_steps: int = 2000
+    schedule: str = "inverse_sqrt"  # or "deadline" (see above)
+    min_lr_ratio: float = 0.02
     weight_decay: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 5.0
@@ -87,6 +93,10 @@ class OptimConfig:
     # False: SDPA may not pick its cuDNN backend, which plans per new shape: with a new length in
     # every batch, the all-heads step of egs/default ran 8x slower with it (benchmarks/results/train_step_cuda.md)
     cudnn_attention: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("inverse_sqrt", "deadline"):
+            raise ValueError(f"optim.schedule: {self.schedule!r} is not one of inverse_sqrt, deadline")
 
 
 @dataclass(frozen=True)

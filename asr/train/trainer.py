@@ -276,6 +276,7 @@ class Trainer:
         last_valid: dict = {}
         window = {"utts": 0, "audio": 0.0, "time": time.perf_counter()}
         accum = 0
+        span = (time.monotonic(), deadline) if o.schedule == "deadline" and deadline is not None else None
         self.model.train()
         while (self.step < o.max_steps and (o.max_epochs is None or self.epoch < o.max_epochs)
                and not self._past(deadline)):
@@ -299,6 +300,8 @@ class Trainer:
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
+                if span:
+                    self._anneal(span)
                 self.step += 1
                 bar.update(1)
                 if self.step % o.log_every == 0 or self.step == 1:
@@ -324,6 +327,22 @@ class Trainer:
                   f"read{': ' + ', '.join(bad[:10]) if bad else ''}", file=sys.stderr)
         return last_valid
 
+    def _anneal(self, span: tuple[float, float]) -> None:
+        """``schedule: deadline``: scale the warm-up schedule's LR by the share of ``span`` left.
+
+        Past the warm-up, the factor is ``max(min_lr_ratio, time left / span)``; rank 0's clock
+        decides, so every rank steps with the same LR.
+        """
+        o = self.cfg.optim
+        start, end = span
+        left = torch.tensor([(end - time.monotonic()) / max(end - start, 1e-9)], device=self.device)
+        if self.world > 1:
+            dist.broadcast(left, 0)
+        warm = min(self.step + 1, o.warmup_steps) / o.warmup_steps if o.warmup_steps > 0 else 1.0
+        factor = warm * max(o.min_lr_ratio, min(1.0, float(left)))
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
+
     def _past(self, deadline: float | None) -> bool:
         """Whether ``deadline`` has passed, decided by rank 0 and shared with every rank."""
         if deadline is None:
@@ -338,7 +357,7 @@ class Trainer:
     def _log(self, losses, grad_norm, window, bar) -> None:
         now = time.perf_counter()
         dt = max(now - window["time"], 1e-9)
-        row = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
+        row = {"step": self.step, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
                "loss": float(losses.total.detach()), **{k: v for k, v in losses.items().items() if k != "total"},
                "grad_norm": float(grad_norm), "utt_per_s": window["utts"] * self.world / dt,
                "audio_x_realtime": window["audio"] * self.world / dt}
