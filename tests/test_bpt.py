@@ -216,3 +216,19 @@ def test_streaming_step_ignores_bpt():
         full, _ = fast(x, torch.tensor([70]), 4, 2)
     assert torch.equal(outs[0], outs[1])
     assert float((outs[1] - full).abs().max()) < 1e-10
+
+
+@pytest.mark.parametrize("frames", [1, 16, 300, 600])
+def test_cpu_depthwise_equals_conv1d(frames, monkeypatch):
+    """The CPU inference path (strided windows, in pieces) computes nn.Conv1d's depthwise sum."""
+    import asr.encoder.layers as layers
+
+    monkeypatch.setattr(layers, "_WINDOW_FRAMES", 128)  # several pieces for the longer inputs
+    torch.manual_seed(9)
+    conv = CausalConvModule(D, 7, 0.0).double()
+    h = torch.randn(3, 6 + frames, D, dtype=torch.float64)[:, :, :]
+    ref = conv.depthwise(h.transpose(1, 2)).transpose(1, 2)
+    with torch.inference_mode():
+        got = conv._depthwise(h.transpose(0, 1).contiguous().transpose(0, 1))  # a non-contiguous input too
+    assert got.shape == ref.shape == (3, frames, D)
+    assert (got - ref).abs().max() < 1e-12

@@ -18,6 +18,9 @@ from asr.encoder.config import BPTConfig
 __all__ = ["FeedForward", "CausalConvModule", "ConformerLayer"]
 
 
+_WINDOW_FRAMES = 256  # output frames per windowed product in CausalConvModule._depthwise (CPU inference)
+
+
 class FeedForward(nn.Module):
     """Pre-norm feed-forward: LayerNorm -> Linear(D, mD) -> SiLU -> Dropout -> Linear(mD, D) -> Dropout."""
 
@@ -88,18 +91,25 @@ class CausalConvModule(nn.Module):
     def _depthwise(self, h: torch.Tensor) -> torch.Tensor:
         """The depthwise convolution of (B, kernel - 1 + t, D) -> (B, t, D).
 
-        On CPU it is a sum over the kernel taps of shifted views times one weight per channel
-        (no transposes; 3x faster than oneDNN's depthwise kernel for a 16-frame block, 4x for
-        1024 frames) at inference; elsewhere, and when training (autograd would keep every tap's
-        product for the backward pass), ``nn.Conv1d``. Both compute the same sum (float rounding aside).
+        On CPU at inference it is one product of a strided window view (B, t, kernel, D) of ``h``
+        with the per-channel weights, summed over the taps (no transposes, no copy of the input;
+        for a 16-frame block 15x faster than a sum of per-tap ``addcmul`` and faster still than
+        oneDNN's depthwise kernel), in pieces of at most ``_WINDOW_FRAMES`` output frames so that
+        the product stays small on long inputs. Elsewhere, and when training, ``nn.Conv1d``. Both
+        compute the same sum (float rounding aside).
         """
         if h.device.type != "cpu" or torch.is_grad_enabled():
             return self.depthwise(h.transpose(1, 2)).transpose(1, 2)
-        t = h.shape[1] - (self.kernel - 1)
+        h = h.contiguous()
+        b, n, d = h.shape
+        k, t = self.kernel, n - (self.kernel - 1)
         w = self.depthwise.weight[:, 0, :].t()  # (kernel, D)
-        y = h[:, 0:t] * w[0]
-        for j in range(1, self.kernel):
-            y = torch.addcmul(y, h[:, j : j + t], w[j])
+        pieces = []
+        for s in range(0, t, _WINDOW_FRAMES):
+            m = min(_WINDOW_FRAMES, t - s)
+            win = h[:, s:].as_strided((b, m, k, d), (n * d, d, d, 1))  # win[:, i, j] = h[:, s + i + j]
+            pieces.append((win * w).sum(2))
+        y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
         return y if self.depthwise.bias is None else y + self.depthwise.bias
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, block: int | None = None) -> torch.Tensor:
