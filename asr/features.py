@@ -145,8 +145,8 @@ class OnlineFbank(_FbankCore):
         Each result equals that stream's own ``accept``."""
         first = fbanks[0]
         cfg, window = first.cfg, first.window
-        if any(fb.cfg != cfg or fb.window.device != window.device or fb.window.dtype != window.dtype
-               for fb in fbanks):
+        if any((fb.cfg is not cfg and fb.cfg != cfg) or fb.window.device != window.device
+               or fb.window.dtype != window.dtype for fb in fbanks):  # (streams of one model share one cfg)
             raise ValueError("OnlineFbank.accept_many: the fbanks differ in config, device or dtype")
         host = np.float64 if window.dtype == torch.float64 else np.float32  # the samples' precision on the device
         pieces = []  # every stream's pending samples, then its new ones: one host buffer for all

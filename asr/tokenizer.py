@@ -31,6 +31,20 @@ class Tokenizer:
         for want, piece in ((BLANK, "<blk>"), (UNK, "<unk>"), (SOS_EOS, "<sos/eos>")):
             if self.sp.id_to_piece(want) != piece:
                 raise ValueError(f"{self.path}: id {want} is {self.sp.id_to_piece(want)!r}, expected {piece!r}")
+        self._surfaces = self._plain_surfaces()
+
+    def _plain_surfaces(self) -> list[str] | None:
+        """Each id's text when decoding is joining pieces: every id past the special ones is an
+        ordinary piece (no byte, control, unknown or unused piece, whose decoding differs), its
+        U+2581 a space; the special ids give "". None otherwise: :meth:`decode` asks sentencepiece.
+        (A server detokenizes every changed partial: sentencepiece's call costs ~5 us, a join ~1 us.)"""
+        sp = self.sp
+        surfaces = ["", "", ""]  # BLANK, UNK, SOS_EOS (decode drops them)
+        for i in range(SOS_EOS + 1, sp.get_piece_size()):
+            if sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+                return None
+            surfaces.append(sp.id_to_piece(i).replace("\u2581", " "))
+        return surfaces
 
     @property
     def vocab_size(self) -> int:
@@ -40,7 +54,14 @@ class Tokenizer:
         return self.sp.encode(text.upper())
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids`` (special ids dropped, whitespace normalised)."""
+        """Text of ``ids`` (special ids dropped, whitespace normalised): sentencepiece's decoding,
+        by joining the pieces where that is the same (``tests/test_tokenizer.py`` checks it)."""
+        if self._surfaces is not None:
+            surfaces = self._surfaces
+            return " ".join("".join([surfaces[i] for i in ids if i > SOS_EOS]).split())
+        return self._sp_decode(ids)
+
+    def _sp_decode(self, ids: Iterable[int]) -> str:
         return " ".join(self.sp.decode([i for i in ids if i > SOS_EOS]).split())
 
     def id_to_piece(self, i: int) -> str:

@@ -155,7 +155,7 @@ class Recognizer:
         self.frames = 0  # encoder frames so far
         self.segment_start = 0  # encoder frame where the current segment starts
         self.last_partial = ""
-        self._partial_ids: list[int] = []  # the tokens behind last_partial
+        self._partial_tokens = Tokens()  # the tokens behind last_partial
         self.finished = False
         self.samples = 0  # audio samples accepted (the stream's real length, without the flush pad)
 
@@ -195,6 +195,8 @@ class Recognizer:
     def blocks(self, enc: torch.Tensor) -> list[torch.Tensor]:
         """New encoder frames (t, D) cut into the blocks the decoder takes one at a time."""
         step = self.block_size or max(enc.shape[0], 1)
+        if 0 < enc.shape[0] <= step:
+            return [enc]  # one block (a server pass, mostly): no view to cut
         return [enc[s:s + step] for s in range(0, enc.shape[0], step)]
 
     @torch.no_grad()
@@ -237,11 +239,11 @@ class Recognizer:
             r = self._end_segment(always=False, tokens=segment_tokens)
             return [] if r is None else [r]
         if self.partials:
-            ids = self.decoder.partial().ids
-            if ids == self._partial_ids:
-                return []  # the same tokens: the same text (no detokenizing on most blocks)
-            self._partial_ids = ids
-            text = self.tokenizer.decode(ids)
+            tokens = self.decoder.partial()
+            if tokens is self._partial_tokens or tokens.ids == self._partial_tokens.ids:
+                return []  # the same tokens (decoders return the same object until they change): the same text
+            self._partial_tokens = tokens
+            text = self.tokenizer.decode(tokens.ids)
             if text != self.last_partial:
                 self.last_partial = text
                 return [Result(text, False, self.segment, start=_seconds(self.segment_start),
@@ -260,7 +262,7 @@ class Recognizer:
         self.endpointer.reset()
         self.segment_start = self.frames
         self.last_partial = ""
-        self._partial_ids = []
+        self._partial_tokens = Tokens()
         if not text and not always:
             return None  # a silent segment: nothing to report
         self.segment += 1
@@ -281,9 +283,11 @@ def encoder_inputs(recs: list[Recognizer], chunks: list[np.ndarray | torch.Tenso
     the device in one copy and runs through one fbank and one CMVN call."""
     if any(rec.finished for rec in recs):  # before any stream's state changes
         raise RuntimeError("accept_waveform after finalize: create a new Recognizer per stream")
-    waves = [torch.as_tensor(np.asarray(samples, dtype=np.float32)).flatten() for samples in chunks]
+    # numpy on the host, as OnlineFbank.accept_many frames them (a torch tensor per stream and back
+    # cost ~3 us a stream)
+    waves = [np.asarray(samples, dtype=np.float32).ravel() for samples in chunks]
     for rec, x in zip(recs, waves):
-        rec.samples += x.numel()
+        rec.samples += x.size
     return _features(recs, waves)
 
 
@@ -292,7 +296,7 @@ def _flush_inputs(recs: list[Recognizer]) -> list[torch.Tensor]:
     return _features(recs, [flush_pad(rec.samples, rec.block_size, rec.loaded.features) for rec in recs])
 
 
-def _features(recs: list[Recognizer], waves: list[torch.Tensor]) -> list[torch.Tensor]:
+def _features(recs: list[Recognizer], waves: list[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
     """(n_i,) samples per stream -> the normalised (1, t_i, F) frames that became complete (the
     decoder sees the raw frames too: the offline decoder re-encodes them at the segment's end)."""
     feats = OnlineFbank.accept_many([rec.fbank for rec in recs], waves)  # (t_i, F) each

@@ -48,7 +48,8 @@ class BlockDecoder:
         raise NotImplementedError
 
     def partial(self) -> Tokens:
-        """The current best tokens (may change later)."""
+        """The current best tokens (may change later). A decoder may return the same object until
+        they change (the recognizer then skips comparing and detokenizing them)."""
         raise NotImplementedError
 
     def finalize(self) -> Tokens:

@@ -8,7 +8,9 @@ from typing import Sequence
 import torch
 
 from asr.decode.base import BlockDecoder, Tokens
-from asr.search.ctc import CtcGreedyState, ctc_greedy_labels, ctc_prefix_beam_search
+from asr.decode.greedy import greedy_spikes, label_rows
+from asr.search.ctc import ctc_prefix_beam_search
+from asr.tokenizer import BLANK
 
 __all__ = ["CtcGreedyDecoder"]
 
@@ -21,36 +23,46 @@ class CtcGreedyDecoder(BlockDecoder):
         self._start_segment()
 
     def _start_segment(self) -> None:
-        self.state = CtcGreedyState()
-        self.tokens = Tokens()
+        # greedy state: the last frame's label and the segment's frames so far
+        self.prev_label, self.num_frames = BLANK, 0
+        self.ids: list[int] = []  # the segment's tokens, appended in place (O(1) amortised per block)
+        self.frames: list[int] = []
+        self._partial: Tokens | None = Tokens()  # partial() until a token arrives (None: build it)
         self.logp: list[torch.Tensor] = []  # kept for the final prefix beam search (beam > 1)
 
     def accept_block(self, enc: torch.Tensor, ctc_logp: torch.Tensor) -> None:
-        self._accept(ctc_logp, ctc_logp.argmax(-1).tolist())
+        self.accept_blocks([self], [enc], [ctc_logp])
 
     @staticmethod
     def accept_blocks(decoders: Sequence["CtcGreedyDecoder"], encs: Sequence[torch.Tensor],
                       ctc_logps: Sequence[torch.Tensor], ctc_labels: Sequence[list[int]] | None = None) -> None:
-        """The greedy step of each stream on its labels (given by the caller: no device work here)."""
+        """The greedy step of every stream on its labels (given by the caller: no device work here),
+        in one numpy pass over all of them (:func:`~asr.decode.greedy.greedy_spikes`)."""
         if ctc_labels is None:
             ctc_labels = [logp.argmax(-1).tolist() for logp in ctc_logps]
-        for decoder, logp, labels in zip(decoders, ctc_logps, ctc_labels):
-            decoder._accept(logp, labels)
-
-    def _accept(self, ctc_logp: torch.Tensor, labels: list[int]) -> None:
-        result, self.state = ctc_greedy_labels(labels, self.state)
-        self.tokens = self.tokens + Tokens(result.tokens, result.frames)
-        if self.beam > 1:
-            self.logp.append(ctc_logp)
+        rows, lens = label_rows(ctc_labels)
+        spikes = greedy_spikes(rows, lens, [d.prev_label for d in decoders], [d.num_frames for d in decoders])
+        for d, a, b, last, n, logp in zip(decoders, spikes.bounds, spikes.bounds[1:], spikes.last, lens.tolist(),
+                                          ctc_logps):
+            if b > a:
+                d.ids += spikes.tokens[a:b]
+                d.frames += spikes.frames[a:b]
+                d._partial = None
+            d.prev_label, d.num_frames = last, d.num_frames + n
+            if d.beam > 1:
+                d.logp.append(logp)
 
     def batch_key(self) -> object:
         return "ctc"  # the greedy step is per stream; the recognizer batches the CTC log-probs
 
     def partial(self) -> Tokens:
-        return self.tokens
+        """The segment's tokens so far: the same object until a token arrives."""
+        if self._partial is None:
+            self._partial = Tokens(self.ids[:], self.frames[:])
+        return self._partial
 
     def finalize(self) -> Tokens:
-        tokens = self.tokens
+        tokens = Tokens(self.ids, self.frames)  # the lists are the segment's: no copy
         if self.beam > 1 and self.logp:
             from asr.decode.bsbs import aligned_tokens
 

@@ -22,11 +22,11 @@ import torch
 
 from asr.attention import combine_with_padding, pad_flat, pad_rows, padding_mask
 from asr.decode.base import BlockDecoder, Tokens
+from asr.decode.greedy import greedy_spikes
 from asr.models.sar import SARDecoder
-from asr.search.ctc import CtcGreedyState, ctc_greedy_labels
-from asr.tokenizer import SOS_EOS
+from asr.tokenizer import BLANK, SOS_EOS
 
-__all__ = ["SarGreedyDecoder", "fuse_windows", "fused_labels", "label_states"]
+__all__ = ["SarGreedyDecoder", "fuse_windows", "fused_label_rows", "fused_labels", "label_states"]
 
 
 class SarGreedyDecoder(BlockDecoder):
@@ -55,28 +55,45 @@ class SarGreedyDecoder(BlockDecoder):
 
     def _start_segment(self) -> None:
         self.lm_inputs = [SOS_EOS, *self.history]  # what the LM reads: s_0 .. s_N, then one per committed token
-        self.committed = Tokens()
+        # the committed tokens, appended in place (a block adds its head: O(1) amortised, not a
+        # copy of the segment); the tentative ones are replaced every block
+        self.committed_ids: list[int] = []
+        self.committed_frames: list[int] = []
         self.tentative = Tokens()
+        self._partial: Tokens | None = Tokens()  # partial() until the tokens change (None: build it)
         self.carry_enc = None  # (g', D) encoder frames re-decoded with the next block
-        self.state = CtcGreedyState()  # greedy state at the end of the committed frames
+        # greedy state at the end of the committed frames: the last one's label and their count
+        self.prev_label, self.num_frames = BLANK, 0
 
     def lm_states(self) -> torch.Tensor:
         """The LM states ``s_0 .. s_n`` (n + 1, Dl) the next block's fusion attends to."""
         return label_states(self.sar, [self.lm_inputs], self.sar.out.weight.device)[0][0]
 
-    def _commit(self, labels: list[int], final: bool) -> int:
-        """Greedy CTC over a window's fused labels (the argmax of its W fused logit frames, on the
-        host): commit the head, keep the tokens of the last g frames tentative. Returns how many
-        frames to carry into the next block's window (the caller cuts them out)."""
-        keep = 0 if final else min(self.g, len(labels))
-        cut = len(labels) - keep
-        head, head_state = ctc_greedy_labels(labels[:cut], self.state)
-        tail, _ = ctc_greedy_labels(labels[cut:], head_state)
-        self.lm_inputs = self.lm_inputs + head.tokens
-        self.committed = self.committed + Tokens(head.tokens, head.frames)
-        self.tentative = Tokens(tail.tokens, tail.frames)
-        self.state = head_state
-        return keep
+    @staticmethod
+    def _commit_many(decoders: Sequence["SarGreedyDecoder"], labels: np.ndarray, lens: np.ndarray,
+                     final: bool) -> np.ndarray:
+        """Greedy CTC over each window's fused labels (``labels`` (B, W): the argmax of its fused
+        logit frames, on the host; row i valid up to ``lens[i]``), for all windows in one numpy
+        pass: commit each head, keep the tokens of its last g frames tentative. Returns how many
+        frames each decoder carries into its next window (the caller cuts them out)."""
+        keeps = np.zeros_like(lens) if final else np.minimum([d.g for d in decoders], lens)
+        cuts = lens - keeps
+        spikes = greedy_spikes(labels, lens, [d.prev_label for d in decoders], [d.num_frames for d in decoders], cuts)
+        tokens, frames = spikes.tokens, spikes.frames
+        for d, a, m, b, last, cut in zip(decoders, spikes.bounds, spikes.mids, spikes.bounds[1:], spikes.last,
+                                         cuts.tolist()):
+            if m > a:  # committed tokens: the LM context grows
+                head = tokens[a:m]
+                d.lm_inputs += head
+                d.committed_ids += head
+                d.committed_frames += frames[a:m]
+                d._partial = None
+            if b > m or d.tentative.ids:
+                tail = Tokens(tokens[m:b], frames[m:b])
+                if tail != d.tentative:
+                    d.tentative, d._partial = tail, None
+            d.prev_label, d.num_frames = last, d.num_frames + cut
+        return keeps
 
     def batch_key(self) -> object:
         return ("sar", id(self.sar))  # streams of one SAR decoder share its fusion call
@@ -103,8 +120,8 @@ class SarGreedyDecoder(BlockDecoder):
         """Decode the windows that ``windows`` (sum W_i, D) holds one after another (W_i = ``lens``)
         and set each decoder's carry: its window's last frames, cut out for all in one gather (views
         of one small tensor, not of the pass's windows)."""
-        labels = fused_labels(decoders[0].sar, windows, lens, [d.lm_inputs for d in decoders])
-        keeps = np.array([d._commit(lab, final) for d, lab in zip(decoders, labels)], dtype=np.int64)
+        labels = fused_label_rows(decoders[0].sar, windows, lens, [d.lm_inputs for d in decoders])
+        keeps = SarGreedyDecoder._commit_many(decoders, labels, np.asarray(lens, dtype=np.int64), final)
         kept = np.flatnonzero(keeps)
         carries: list[torch.Tensor | None] = [None] * len(decoders)
         if kept.size:
@@ -128,13 +145,17 @@ class SarGreedyDecoder(BlockDecoder):
         return [d.finalize() for d in decoders]
 
     def partial(self) -> Tokens:
-        return self.committed + self.tentative
+        """The committed and tentative tokens: the same object until they change."""
+        if self._partial is None:
+            tail = self.tentative
+            self._partial = Tokens(self.committed_ids + tail.ids, self.committed_frames + tail.frames)
+        return self._partial
 
     @torch.no_grad()
     def finalize(self) -> Tokens:
         if self.carry_enc is not None:
             SarGreedyDecoder._decode([self], self.carry_enc, [self.carry_enc.shape[0]], final=True)
-        tokens = self.committed
+        tokens = Tokens(self.committed_ids, self.committed_frames)  # the lists are the segment's: no copy
         if self.context_tokens:
             self.history = (self.history + tokens.ids)[-self.context_tokens:]
         self._start_segment()
@@ -172,13 +193,20 @@ def fuse_windows(sar: SARDecoder, windows: Sequence[torch.Tensor],
 
 def fused_labels(sar: SARDecoder, windows: torch.Tensor, lens: Sequence[int],
                  contexts: Sequence[list[int]]) -> list[list[int]]:
+    """:func:`fused_label_rows` as one list of labels per window."""
+    rows = fused_label_rows(sar, windows, lens, contexts).tolist()
+    return [row[:n] for row, n in zip(rows, lens)]
+
+
+def fused_label_rows(sar: SARDecoder, windows: torch.Tensor, lens: Sequence[int],
+                     contexts: Sequence[list[int]]) -> np.ndarray:
     """The per-frame argmax of the fused logits of each window given its label context (token
     ids, ``<sos>`` first), on the host: one LM call, one fusion call and one device-to-host copy for
-    all the streams. ``windows`` (sum W_i, D) holds the windows one after another (W_i = ``lens``)."""
+    all the streams. ``windows`` (sum W_i, D) holds the windows one after another (W_i = ``lens``).
+    Returns (B, max W_i) int64 labels, row i valid up to ``lens[i]``."""
     memory, s_lens = label_states(sar, contexts, windows.device)
     logits = _fuse_padded(sar, windows, lens, memory, s_lens)
-    rows = logits.argmax(-1).tolist()  # (B, W)
-    return [row[:n] for row, n in zip(rows, lens)]
+    return logits.argmax(-1).cpu().numpy()  # (B, W)
 
 
 def _fuse_padded(sar: SARDecoder, windows: torch.Tensor, lens: Sequence[int], memory: torch.Tensor,
