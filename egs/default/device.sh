@@ -11,6 +11,10 @@
 #   bash egs/default/device.sh wait W           follow the run for up to W seconds
 #   bash egs/default/device.sh fetch M          exp/M/model (a run beside the main one, lease.sh ALSO)
 #
+# .whl holds the wheels the GPU image lacks (for Python 3.12): soundfile, cffi, pycparser, jiwer,
+# rapidfuzz and click (asr.train imports jiwer; session 15's first start died on it in the background,
+# so `start` now checks that the training stack imports before it starts anything).
+#
 # Keep the calls back to back: a machine left idle longer than the tool's idle_release_s (30 s in
 # session 7; `status` says) goes back, with the run and everything unpacked on it, and the next call
 # gets a bare machine (session 7 lost its training lease that way, seven minutes after `start`).
@@ -141,6 +145,8 @@ case "${1:-}" in
     sleep 3; tail -3 $lease/synth.log 2>/dev/null; df -h /tmp | tail -1 ;;
   start)
     unpack
+    python3 -c "import asr.train, soundfile, jiwer" \
+      || { echo "start: the training stack does not import here; carry .whl (see the top of $0)"; exit 1; }
     end=$(( $(date +%s) + ${2:?END_S} ))
     [ -f $lease/started ] && { echo "a run was started already"; follow "${3:-0}"; exit 0; }
     touch $lease/started
