@@ -4,7 +4,7 @@ WER and CPU real-time factor at 1 and 2 threads, with the ratio ours / Whisper.
 
     python benchmarks/peer_whisper.py [--model models/default] [--data egs/default/data/devtest]
         [--sets speechocean762_devtest librispeech_dev:50 an4_test] [--max-utts 200] [--rtf-utts 50]
-        [--threads 1 2] [--compute-type int8] [--out benchmarks/results/peer_whisper]
+        [--threads 1 2] [--compute-type int8] [--lm none|auto|DIR] [--out benchmarks/results/peer_whisper]
 
 The dev-test manifests come from ``egs/default/local/devtest.py``. Each set is cut to its first
 ``--max-utts`` utterances by id (``NAME:N`` in ``--sets`` sets N for one set); WER and the first
@@ -145,13 +145,21 @@ class _Whisper:
 class _Ours:
     """One decoder of our model, fed as ``asr decode`` feeds it (100 ms chunks, then finalize)."""
 
-    def __init__(self, loaded, decoder: str, block_ms: int):
-        """``decoder``: a decoder name, or ``NAME:BEAM`` for bsbs/offline with another beam size."""
-        from asr.inference import InferenceConfig
+    def __init__(self, loaded, decoder: str, block_ms: int, lm_arg: str = "none"):
+        """``decoder``: a decoder name, or ``NAME:BEAM`` for bsbs/offline with another beam size;
+        ``lm_arg``: ``--lm`` as ``asr decode`` takes it (``auto``: the model's own LM for bsbs and
+        offline, at the default fusion weight)."""
+        from asr.inference import DEFAULT_LM_WEIGHT, InferenceConfig, resolve_lm
+        from asr.models.lm_io import load_lm_dir
 
         name, _, beam = decoder.partition(":")
-        self.loaded, self.name = loaded, f"ours {name}{f' beam {beam}' if beam else ''} {block_ms} ms"
-        self.cfg = InferenceConfig(decoder=name, block_ms=block_ms, **({"beam": int(beam)} if beam else {}))
+        lm_dir = resolve_lm(lm_arg, str(loaded.path), name)
+        self.lm = None if lm_dir is None else load_lm_dir(lm_dir, "cpu", tokenizer=loaded.tokenizer).lm
+        self.loaded = loaded
+        self.name = f"ours {name}{f' beam {beam}' if beam else ''}{' + LM' if self.lm else ''} {block_ms} ms"
+        self.cfg = InferenceConfig(decoder=name, block_ms=block_ms, lm=lm_dir,
+                                   lm_weight=DEFAULT_LM_WEIGHT if self.lm else 0.0,
+                                   **({"beam": int(beam)} if beam else {}))
 
     def __call__(self, wave, threads: int) -> str:
         import torch
@@ -161,7 +169,7 @@ class _Ours:
         torch.set_num_threads(threads)
         chunk = int(CHUNK_SECONDS * self.loaded.features.sample_rate)
         with torch.no_grad():
-            rec = Recognizer(self.loaded, self.cfg)
+            rec = Recognizer(self.loaded, self.cfg, self.lm)
             finals = []
             for s in range(0, wave.numel(), chunk):
                 finals += [r for r in rec.accept_waveform(wave[s:s + chunk].numpy()) if r.is_final]
@@ -268,6 +276,8 @@ def main() -> int:
     p.add_argument("--decoders", nargs="+", default=["ctc", "sar", "bsbs", "offline"],
                    help="our decoders; NAME:BEAM sets the beam of bsbs/offline (e.g. bsbs:5)")
     p.add_argument("--block-ms", type=int, default=640)
+    p.add_argument("--lm", default="none", help="our --lm, as asr decode takes it: none (default), auto (the "
+                   "model's own LM for bsbs/offline) or a directory")
     p.add_argument("--compute-type", default="int8", help="CTranslate2 compute type (int8, float32; default int8)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "peer_whisper"),
                    help="writes OUT.md and OUT.json")
@@ -286,10 +296,10 @@ def main() -> int:
 
     whisper = _Whisper(args.compute_type)
     loaded = load_model_dir(args.model, "cpu")
-    systems = [whisper] + [_Ours(loaded, d, args.block_ms) for d in args.decoders]
+    systems = [whisper] + [_Ours(loaded, d, args.block_ms, args.lm) for d in args.decoders]
     settings = {"model": args.model, "whisper": whisper.name, "whisper_path": str(whisper.path),
                 "compute_type": args.compute_type, "rtf_utts": args.rtf_utts, "threads": args.threads,
-                "block_ms": args.block_ms, "torch": torch.__version__, "versions": _peer_versions()}
+                "block_ms": args.block_ms, "lm": args.lm, "torch": torch.__version__, "versions": _peer_versions()}
     results = {}
     for spec in args.sets:
         name, _, n = spec.partition(":")
