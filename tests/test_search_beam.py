@@ -279,6 +279,61 @@ def test_bsbs_ctc_trigger_tests_repetitions_only_at_the_acoustic_frontier():
     assert lengths == {False: 2, True: 6}
 
 
+@pytest.mark.parametrize("slack", [0, 2])
+@pytest.mark.parametrize("block", [2, 3, 5])
+def test_bsbs_end_of_stream_defers_the_last_blocks_to_the_final_search(block, slack):
+    """After end_of_stream the blocks are only taken in (no expansion, the partial stays), and the
+    n-best equals handing their frames to finalize at once; before it the search is unchanged."""
+    V, truth = 12, [3, 5, 4, 9, 6, 1, 11, 3]
+    ctc_logp = _peaky(truth, 3, V, seed=block)
+    enc = torch.randn(len(ctc_logp), 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scorers = {"decoder": ToyDecoder(V, 5, seed=1), "ctc": CTCPrefixScorer()}
+    weights = {"decoder": 0.3, "ctc": 0.7}
+    cfg = BsbsConfig(beam_size=3, pre_beam_size=V, nbest=1, ctc_trigger=True, trigger_slack=slack)
+    cut = (len(ctc_logp) // block - 2) * block  # the last two blocks come after end_of_stream
+    calls = []
+    expand = BeamSearch.expand
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return expand(self, *args, **kwargs)
+
+    def head():
+        bsbs = BlockwiseBeamSearch(scorers, weights, cfg)
+        parts = [bsbs.extend_block(enc[a:a + block], ctc_logp[a:a + block]).tokens for a in range(0, cut, block)]
+        return bsbs, parts
+
+    deferred, parts = head()
+    deferred.end_of_stream()
+    BeamSearch.expand = counted
+    try:
+        for a in range(cut, len(ctc_logp), block):
+            assert deferred.extend_block(enc[a:a + block], ctc_logp[a:a + block]).tokens == parts[-1]
+    finally:
+        BeamSearch.expand = expand
+    assert not calls and deferred.memory.num_frames == len(ctc_logp)
+    at_once, parts_at_once = head()
+    assert parts_at_once == parts
+    _same(deferred.finalize(), at_once.finalize(enc[cut:], ctc_logp[cut:]))
+
+
+def test_bsbs_trigger_slack_lets_the_beam_run_past_the_ctc_count():
+    """trigger_slack = s: a block's beam grows to s tokens more than greedy CTC has seen (a
+    decoder-only search, so that no CTC prefix score holds it back; the CTC log-probs only count)."""
+    truth = [3, 5, 4, 6, 1, 5]
+    ctc_logp = _peaky(truth, 3, 7, seed=0)
+    enc = torch.randn(len(ctc_logp), 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lengths = []
+    for slack in (0, 1, 2):
+        bsbs = BlockwiseBeamSearch({"decoder": ToyDecoder(7, 5, seed=2)}, {"decoder": 1.0},
+                                   BsbsConfig(beam_size=2, backoff=False, repetition_test=False, ctc_trigger=True,
+                                              trigger_slack=slack))
+        bsbs.extend_block(enc[:7], ctc_logp[:7])  # spikes at frames 0, 3, 6: 3 tokens seen
+        assert bsbs.ctc_tokens == 3
+        lengths.append(len(bsbs.best().tokens))
+    assert lengths == [3, 4, 5]
+
+
 def test_max_length_forces_eos_even_outside_the_pre_beam():
     memory = _memory(20, 9, seed=5)
     scorers = {"decoder": ToyDecoder(9, 5, seed=5), "ctc": CTCPrefixScorer()}
