@@ -9,9 +9,10 @@
 CPU, fast step first: ms per 640 ms block of streaming ``step`` (batch 1, block 16, left 4) for the
 ``small`` preset (random weights) and the shipped models/default encoder, 1 and 2 threads, in one
 run with the variants interleaved: ``before`` (the step as it was before issue 16, emulated: no_grad,
-relative-position table recomputed every block, depthwise conv through nn.Conv1d), ``float`` (today:
-inference_mode, cached table, tap-sum depthwise conv) and ``block-int8`` (asr export --compress
-block-int8 weights on fbgemm int8 kernels). Wall time min/median, and on 1 thread the thread's CPU
+relative-position table recomputed every block, depthwise conv through nn.Conv1d, q/k/v as three
+products, dropout module calls, the relative term through einsum and a padded skew), ``float``
+(today: inference_mode, cached table, tap-sum depthwise conv, fused q/k/v, no dropout calls in eval)
+and ``block-int8`` (asr export --compress block-int8 weights on fbgemm int8 kernels). Wall time min/median, and on 1 thread the thread's CPU
 time (``time.thread_time``), which excludes waiting for the core on a shared host.
 
 Then (``--threads``, default 2): streaming ``step`` latency per 640 ms block (block 16 frames, left 4
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import resource
 import subprocess
@@ -40,9 +42,12 @@ from pathlib import Path
 
 import torch
 
+import asr.encoder.layers as encoder_layers
+from asr.attention import MultiHeadAttention
 from asr.attention.positions import RelPositionalEncoding
 from asr.encoder import ConformerEncoder, EncoderConfig
-from asr.encoder.layers import CausalConvModule
+from asr.encoder.layers import CausalConvModule, FeedForward
+from asr.encoder.subsampling import Conv2dSubsampling
 from asr.models.compress import CompressionConfig, compress_state, decompress_state, to_int8_kernels
 
 RESULTS = Path(__file__).parent / "results"
@@ -138,10 +143,40 @@ def _before_patches():
     def rel_pos_uncached(self, max_dist, count, device, dtype):
         return self._compute(max_dist, count, device, dtype)
 
+    def rel_keys_uncached(self, max_dist, count, device, dtype, scale=1.0):
+        return self._compute(max_dist, count, device, dtype).permute(1, 2, 0) * scale
+
+    def rel_scores_einsum(self, q, k_len, q_start, k_start):
+        t_q = q.shape[-2]
+        p = self.rel_pos(q_start + t_q - 1 - k_start, t_q + k_len - 1, q.device, q.dtype)  # (R, H, dh)
+        bd = torch.einsum("bhqd,rhd->bhqr", q + self.pos_bias_v[:, None, :], p)
+        return _pad_rel_shift(bd, k_len) / math.sqrt(self.head_dim)
+
+    def project_qkv_separate(self, x):
+        return self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+
     def depthwise_conv1d(self, h):
         return self.depthwise(h.transpose(1, 2)).transpose(1, 2)
 
-    return {(RelPositionalEncoding, "forward"): rel_pos_uncached, (CausalConvModule, "_depthwise"): depthwise_conv1d}
+    def subsampling_relu(self, x):
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x[:, None]))))
+        return self.proj(h.transpose(1, 2).flatten(2))
+
+    return {(RelPositionalEncoding, "forward"): rel_pos_uncached, (RelPositionalEncoding, "keys"): rel_keys_uncached,
+            (MultiHeadAttention, "_rel_scores"): rel_scores_einsum,
+            (MultiHeadAttention, "_project_qkv"): project_qkv_separate,
+            (FeedForward, "forward"): lambda self, x: self.net(x),
+            (encoder_layers, "_dropout"): lambda dropout, x: dropout(x),
+            (encoder_layers, "_half_step"): lambda x, h: x + 0.5 * h,
+            (CausalConvModule, "_depthwise"): depthwise_conv1d, (Conv2dSubsampling, "compute"): subsampling_relu}
+
+
+def _pad_rel_shift(scores: torch.Tensor, k_len: int) -> torch.Tensor:
+    """``rel_shift`` as it was before issue 16 (a padded copy, then a skewed view)."""
+    t_q = scores.shape[-2]
+    flat = torch.nn.functional.pad(scores, (0, 1)).flatten(-2)
+    row = t_q + k_len - 1
+    return flat[..., t_q - 1 : t_q - 1 + t_q * row].unflatten(-1, (t_q, row))[..., :k_len]
 
 
 def _int8_copy(enc: ConformerEncoder) -> ConformerEncoder:
@@ -202,10 +237,11 @@ def bench_fast_step(threads: int, reps: int = 6, seconds: float = 12.0) -> list[
 def _fast_step_lines(rows: list[dict]) -> list[str]:
     lines = ["## Fast step: ms per 640 ms block (batch 1, block 16, left 4 blocks)", "",
              "`before` emulates the step before issue 16 (no_grad, relative-position table recomputed per block,",
-             "depthwise conv through nn.Conv1d); `float` is today's step (inference_mode); `block-int8` is the",
-             "same encoder as `asr export --compress block-int8` stores it, on fbgemm int8 kernels. Variants",
-             "interleaved in one process. CPU = the thread's own CPU time (1 thread only): the host is shared,",
-             "so wall time includes waiting for a core.", "",
+             "depthwise conv through nn.Conv1d, q/k/v as three products, dropout module calls, einsum relative",
+             "term); `float` is today's step (inference_mode); `block-int8` is the same encoder as `asr export",
+             "--compress block-int8` stores it, on fbgemm int8 kernels. Variants interleaved in one process.",
+             "CPU = the thread's own CPU time (1 thread only): the host is shared, so wall time includes",
+             "waiting for a core.", "",
              "| encoder | threads | variant | wall min | wall median | CPU min | CPU median | speed-up (min, vs before) |",
              "|---|---|---|---|---|---|---|---|"]
     base = {(r["encoder"], r["threads"]): r for r in rows if r["variant"] == "before"}

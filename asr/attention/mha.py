@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asr.attention.bpt import bpt_attention
+from asr.attention.fused import FusedLinears
 from asr.attention.kv_cache import KVCache
 from asr.attention.masks import block_causal_mask_range, combine_with_padding, padding_mask
 from asr.attention.positions import RelPositionalEncoding, RotaryEmbedding, rel_shift
@@ -105,6 +106,7 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(kv_dim, d_model, bias=bias)
         self.v_proj = nn.Linear(kv_dim, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self._qkv = FusedLinears()  # q_proj, k_proj, v_proj as one product without autograd
         if pos == "rel":
             self.rel_pos = RelPositionalEncoding(d_model, n_heads)
             self.pos_bias_u = nn.Parameter(torch.empty(n_heads, self.head_dim))
@@ -131,12 +133,24 @@ class MultiHeadAttention(nn.Module):
         ``start`` may be a (B,) tensor (one first position per row) for rotary and xpos;
         ``xpos_ref``: the position xpos counts its decay from (see :class:`XPosEmbedding`).
         """
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        q, k, v = self._project_qkv(x)
         if self.pos == "rotary":
             q, k = self.rotary(q, start), self.rotary(k, start)
         elif self.pos == "xpos":
             q, k = self.xpos(q, start, key=False, ref=xpos_ref), self.xpos(k, start, key=True, ref=xpos_ref)
         return q, k, v
+
+    def _project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Heads (B, H, T, dh) of the q, k and v projections of x (B, T, D). Without autograd the
+        three layers run as one product (:class:`~asr.attention.fused.FusedLinears`; float: the
+        same products, equal up to the matrix kernel's summation order; int8: the same numbers,
+        the input is quantized once instead of three times) and q, k, v are views of its output."""
+        layers = (self.q_proj, self.k_proj, self.v_proj)
+        fused = None if torch.is_grad_enabled() else self._qkv.get(layers)
+        if fused is None:
+            return self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        qkv = fused(x).unflatten(-1, (3, self.n_heads, self.head_dim))  # (B, T, 3, H, dh)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # type: ignore[return-value]
 
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
         """Heads (B, H, T, head_dim) -> output projection (B, T, D) (for callers of :meth:`attend`)."""
@@ -148,10 +162,14 @@ class MultiHeadAttention(nn.Module):
 
     # ----------------------------------------------------------------- kernel
     def _rel_scores(self, q: torch.Tensor, k_len: int, q_start: int, k_start: int) -> torch.Tensor:
-        """Relative-position term ``(q + v_bias) . p_{i-j}`` as (B, H, T_q, T_k), unscaled."""
+        """Relative-position term ``(q + v_bias) . p_{i-j} / sqrt(head_dim)`` as (B, H, T_q, T_k).
+
+        One batched product with the (H, dh, R) table of :meth:`RelPositionalEncoding.keys`, which
+        carries the 1 / sqrt(head_dim) (exact for power-of-4 head sizes, such as 16 and 64)."""
         t_q = q.shape[-2]
-        p = self.rel_pos(q_start + t_q - 1 - k_start, t_q + k_len - 1, q.device, q.dtype)  # (R, H, dh)
-        bd = torch.einsum("bhqd,rhd->bhqr", q + self.pos_bias_v[:, None, :], p)  # (B, H, T_q, R)
+        p = self.rel_pos.keys(q_start + t_q - 1 - k_start, t_q + k_len - 1, q.device, q.dtype,
+                              1.0 / math.sqrt(self.head_dim))  # (H, dh, R)
+        bd = torch.matmul(q + self.pos_bias_v[:, None, :], p)  # (B, H, T_q, R)
         return rel_shift(bd, k_len)
 
     def attend(
@@ -189,7 +207,6 @@ class MultiHeadAttention(nn.Module):
                 n_q, n_k = positioned
                 bias = self._rel_scores(q[:, :, :n_q], n_k, q_start, k_start)  # (B, H, n_q, n_k)
                 bias = F.pad(bias, (0, k.shape[-2] - n_k, 0, q.shape[-2] - n_q))
-            bias = bias / math.sqrt(self.head_dim)
             if mask is not None:
                 bias = bias.masked_fill(~mask, float("-inf"))
             q, attn_mask = q + self.pos_bias_u[:, None, :], bias
@@ -369,7 +386,7 @@ class MultiHeadAttention(nn.Module):
         block_mask = create_block_mask(mask_mod, b, None, t, t, device=q.device)
         score_mod = None
         if self.pos == "rel":
-            bd = (self._rel_scores(q, t, 0, 0) / math.sqrt(self.head_dim)).contiguous()  # (B, H, T, T)
+            bd = self._rel_scores(q, t, 0, 0).contiguous()  # (B, H, T, T), scaled
             q = q + self.pos_bias_u[:, None, :]
 
             def score_mod(score, bi, hi, qi, ki):

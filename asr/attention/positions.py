@@ -44,7 +44,10 @@ class RelPositionalEncoding(nn.Module):
     ``max_dist, max_dist - 1, ..., max_dist - count + 1`` (distance = query position - key
     position), projected per head: (count, H, head_dim). Use with :func:`rel_shift`.
 
-    Without autograd the result is cached per ``(max_dist, count, device, dtype)``: a streaming
+    :meth:`keys` gives the same table as (H, head_dim, count), times a scale: the right operand
+    of one batched product with the queries (B, H, T, head_dim).
+
+    Without autograd the results are cached per ``(max_dist, count, device, dtype)``: a streaming
     encoder asks for the same distances every block, and the cached tensor is the one the
     computation gives (bit-identical). The key includes the projection's parameter versions, so
     changing the weights (``load_state_dict``, an optimiser step) invalidates it.
@@ -62,13 +65,28 @@ class RelPositionalEncoding(nn.Module):
     def forward(self, max_dist: int, count: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self._compute(max_dist, count, device, dtype)
-        params = tuple((t.data_ptr(), t._version) for t in (*self.linear_pos.parameters(), *self.linear_pos.buffers()))
-        key = (max_dist, count, str(device), dtype, params, id(self.linear_pos))
+        return self._cached((max_dist, count, device, dtype, None),
+                            lambda: self._compute(max_dist, count, device, dtype))
+
+    def keys(self, max_dist: int, count: int, device: torch.device, dtype: torch.dtype,
+             scale: float = 1.0) -> torch.Tensor:
+        """``scale * forward(max_dist, count, ...)`` as (H, head_dim, count) (contiguous when cached)."""
+        if torch.is_grad_enabled():
+            return self._compute(max_dist, count, device, dtype).permute(1, 2, 0) * scale
+        return self._cached((max_dist, count, device, dtype, scale),
+                            lambda: (self._compute(max_dist, count, device, dtype).permute(1, 2, 0) * scale).contiguous())
+
+    def _cached(self, key: tuple, compute) -> torch.Tensor:
+        """``compute()`` cached under ``key`` and the projection's identity and parameter versions."""
+        linear = self.linear_pos
+        tensors = (*linear._parameters.values(), *linear._buffers.values())
+        params = tuple((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors if t is not None)
+        key = (*key, params, linear)
         out = self._cache.get(key)
         if out is None:
             if len(self._cache) >= self._CACHE_SIZE:
                 self._cache.clear()
-            out = self._cache[key] = self._compute(max_dist, count, device, dtype)
+            out = self._cache[key] = compute()
         return out
 
     def _compute(self, max_dist: int, count: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -98,6 +116,11 @@ def rel_shift(scores: torch.Tensor, k_len: int) -> torch.Tensor:
     t_q, width = scores.shape[-2], scores.shape[-1]
     if width != t_q + k_len - 1:
         raise ValueError(f"rel_shift expects {t_q + k_len - 1} distance columns, got {width}")
+    if k_len > 0 and not scores.requires_grad and scores.is_contiguous():
+        # the skew as a strided view, no copy: out[..., i, j] sits at i * width + (t_q - 1 - i + j)
+        # of its row block, i.e. at (t_q - 1) + i * (width - 1) + j (the same elements as below)
+        return scores.as_strided((*scores.shape[:-1], k_len), (*scores.stride()[:-2], width - 1, 1),
+                                 scores.storage_offset() + t_q - 1)
     # One zero column makes every row at least k_len wide after the skew (needed for T_q = 1).
     padded = nn.functional.pad(scores, (0, 1))  # (..., T_q, T_q + k_len)
     flat = padded.flatten(-2)
