@@ -197,9 +197,17 @@ async def _run_job(job: _Job) -> list[dict]:
             t = await astream_frames(job.url, frames, realtime=True)
         except BaseException as exc:  # noqa: BLE001 - reported, counted as a failed stream
             return {"error": repr(exc)}
-        return {"latencies_s": list(t.latencies_s), "final_lag_s": t.final_lag_s}
+        return {"latencies_s": list(t.latencies_s), "final_lag_s": t.final_lag_s,
+                # when each latency was measured: since the stream's start, and since the level's
+                "stream_time_s": [round(a - job.t0 - offset, 3) for a in t.latency_at_s],
+                "level_time_s": [round(a - job.t0, 3) for a in t.latency_at_s]}
 
-    return list(await asyncio.gather(*(one(o) for o in job.offsets)))
+    cpu, wall = time.process_time(), time.monotonic()
+    outcomes = list(await asyncio.gather(*(one(o) for o in job.offsets)))
+    busy = (time.process_time() - cpu) / max(time.monotonic() - wall, 1e-9)
+    for o in outcomes:
+        o["client_cpu_frac"] = round(busy, 3)  # of this client process (near 1: the client lags, not the server)
+    return outcomes
 
 
 def _client_main(jobs, results) -> None:
@@ -239,6 +247,31 @@ class _Clients:
                 p.terminate()
 
 
+STEADY_AFTER_S = 5.0  # stream time after which a stream's caches hold their full left context
+
+
+def _p99(values) -> float | None:
+    return float(np.percentile(values, 99)) if len(values) else None
+
+
+def _timeline(done: list[dict], lat: np.ndarray) -> dict:
+    """Where the tail lies: p99 of the first STEADY_AFTER_S seconds of every stream against the
+    rest, and the three seconds of the level (wall clock, 1 s bins) with the highest p99."""
+    stream_t = np.array([x for o in done for x in o.get("stream_time_s", [])])
+    level_t = np.array([x for o in done for x in o.get("level_time_s", [])])
+    if stream_t.size != lat.size or not lat.size:
+        return {}
+    bins = np.floor(level_t).astype(int)
+    worst = sorted(((_p99(lat[bins == b]), int(b)) for b in np.unique(bins)), reverse=True)[:3]
+    cpu = [o["client_cpu_frac"] for o in done if "client_cpu_frac" in o]
+    return {
+        "latency_p99_first_s": _p99(lat[stream_t < STEADY_AFTER_S]),
+        "latency_p99_steady_s": _p99(lat[stream_t >= STEADY_AFTER_S]),
+        "worst_seconds": [{"level_time_s": b, "latency_p99_s": round(v, 3)} for v, b in worst],
+        "client_cpu_frac_max": max(cpu) if cpu else None,
+    }
+
+
 def summarize(n: int, outcomes: list[dict], max_latency: float) -> dict:
     """One level's row from its streams' outcomes (`latencies_s`/`final_lag_s`, or `error`)."""
     done = [o for o in outcomes if "error" not in o]
@@ -249,9 +282,10 @@ def summarize(n: int, outcomes: list[dict], max_latency: float) -> dict:
         "completed": len(done),
         "errors": [o["error"] for o in outcomes if "error" in o][:3],
         "latency_p50_s": float(np.percentile(lat, 50)) if lat.size else None,
-        "latency_p99_s": float(np.percentile(lat, 99)) if lat.size else None,
+        "latency_p99_s": _p99(lat),
         "latency_max_s": float(lat.max()) if lat.size else None,
         "final_lag_max_s": float(max(lags)) if lags else None,
+        **_timeline(done, lat),
     }
     row["realtime"] = (
         row["completed"] == n
@@ -261,6 +295,31 @@ def summarize(n: int, outcomes: list[dict], max_latency: float) -> dict:
         and row["final_lag_max_s"] <= max_latency
     )
     return row
+
+
+def _pass_metrics(port: int) -> dict[str, float]:
+    """The model-pass series of the server's /metrics (any front shows every pass): the cumulative
+    buckets of asr_model_pass_seconds, its sum and count, and the streams summed over passes."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for name, value in re.findall(r'^(asr_model_pass_(?:seconds_\S+|streams_total))\s+(\S+)$', text, re.M):
+        out[name] = float(value)
+    return out
+
+
+def pass_summary(before: dict[str, float], after: dict[str, float]) -> dict:
+    """The passes of one level (the difference of two :func:`_pass_metrics` readings)."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    count = d.get("asr_model_pass_seconds_count", 0.0)
+    if not count:
+        return {}
+    over = {b: count - d.get(f'asr_model_pass_seconds_bucket{{le="{b}"}}', count) for b in ("0.25", "0.5", "1")}
+    return {"passes": int(count), "pass_mean_s": round(d["asr_model_pass_seconds_sum"] / count, 4),
+            "pass_mean_streams": round(d.get("asr_model_pass_streams_total", 0.0) / count, 1),
+            "passes_over_s": {b: int(v) for b, v in over.items()}}
 
 
 def markdown(report: dict) -> str:
@@ -281,6 +340,20 @@ def markdown(report: dict) -> str:
         lines.append(f"| {x['streams']} | {x['latency_p50_s'] or 0:.3f} | {x['latency_p99_s'] or 0:.3f} | "
                      f"{x['final_lag_max_s'] or 0:.3f} | {x.get('server_cpu_ms_per_stream_s', 0):.2f} | "
                      f"{'yes' if x['realtime'] else 'no'} |")
+    lines += ["", f"Where the tail lies: p99 latency over each stream's first {STEADY_AFTER_S:g} s and after them; "
+              "the level's three 1-s wall-clock bins with the highest p99 (s from the first start); the model's "
+              "passes (/metrics): count, mean wall time and batch, how many took longer than 0.25 / 0.5 / 1 s; "
+              "the busiest client process's CPU share (near 1: the clients lag).", "",
+              "| streams | p99 first (s) | p99 after (s) | worst seconds: t (p99) | passes | mean pass (s) | mean batch | "
+              "passes > 0.25 / 0.5 / 1 s | client CPU |", "|---:|---:|---:|---|---:|---:|---:|---|---:|"]
+    for x in r["levels"]:
+        worst = ", ".join(f"{w['level_time_s']} ({w['latency_p99_s']:.2f})" for w in x.get("worst_seconds", []))
+        over = x.get("passes_over_s", {})
+        first, steady = (x.get(k) for k in ("latency_p99_first_s", "latency_p99_steady_s"))
+        lines.append(f"| {x['streams']} | {'-' if first is None else f'{first:.3f}'} | "
+                     f"{'-' if steady is None else f'{steady:.3f}'} | "
+                     f"{worst} | {x.get('passes', 0)} | {x.get('pass_mean_s', 0):.3f} | {x.get('pass_mean_streams', 0):.0f} | "
+                     f"{' / '.join(str(over.get(b, 0)) for b in ('0.25', '0.5', '1'))} | {x.get('client_cpu_frac_max') or 0:.2f} |")
     lines += ["", f"largest N that keeps real time (p99 and final lag <= {r['max_latency_s']:g} s): "
               f"**{r['max_realtime_streams']}**", ""]
     return "\n".join(lines)
@@ -314,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-budget", type=float, default=300.0, help="stop starting new levels after this many seconds")
     p.add_argument("--workers", type=int, default=0,
                    help="serve as `asr serve --workers N`: N front processes and a model process (0: in this process)")
+    p.add_argument("--warmup-streams", type=int, default=8,
+                   help="asr serve --warmup-streams: throwaway streams through the model before the first level")
     p.add_argument("--note", default="", help="free text stored with the results (run conditions)")
     p.add_argument("--out", help="JSON path (default: benchmarks/results/server_load_<device>.json; .md beside it)")
     args = p.parse_args(argv)
@@ -337,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         from server.scheduler import freeze_loaded_objects
         from server.workers import streaming_factory
 
+        from server.scheduler import warm_up
+
+        if args.workers == 0:
+            warm_up(factory, args.warmup_streams)
         freeze_loaded_objects()  # as asr serve does (the --workers model process does it itself)
 
         make_factory = functools.partial(streaming_factory, factory.settings)
@@ -358,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = factory.settings if args.model else InferenceConfig(decoder=args.decoder, block_ms=args.block_ms)
     config = ServerConfig(port=0, model_name=args.model or "synthetic", inference=settings,
                           max_sessions=max(levels) + 1, max_batch=max(levels), batch_window_s=args.batch_window,
-                          hold_s=args.hold,
+                          hold_s=args.hold, warmup_streams=args.warmup_streams,
                           # every client connects from 127.0.0.1 at about the same time
                           max_waiting=max(levels) + 1, max_waiting_per_address=max(levels) + 1)
     rows, began = [], time.monotonic()
@@ -374,10 +453,11 @@ def main(argv: list[str] | None = None) -> int:
                 stagger = args.chunk_ms / 1000 if args.stagger is None else args.stagger
                 # the server: this process (its threads and a waiting main thread), or the worker processes
                 cpu_s = time.process_time if args.workers == 0 else server.cpu_s
-                cpu = cpu_s()
+                cpu, passes = cpu_s(), _pass_metrics(server.port)
                 outcomes = clients.run_level(url, pcm, n, args.chunk_ms, stagger, timeout_s=args.seconds * 10 + 120)
                 cpu = cpu_s() - cpu
                 row = summarize(n, outcomes, args.max_latency)
+                row.update(pass_summary(passes, _pass_metrics(server.port)))
                 row["server_cpu_s"] = round(cpu, 3)
                 row["server_cpu_ms_per_stream_s"] = round(1000 * cpu / (n * args.seconds), 3)
                 rows.append(row)
@@ -398,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_stream": args.seconds, "chunk_ms": args.chunk_ms, "max_latency_s": args.max_latency,
         "stagger_s": args.chunk_ms / 1000 if args.stagger is None else args.stagger,
         "client_procs": args.client_procs, "batch_window_s": args.batch_window, "hold_s": args.hold, "workers": args.workers,
+        "warmup_streams": args.warmup_streams,
         "note": args.note,
         "max_realtime_streams": best, "levels": rows, "scheduler": scheduler,
     }

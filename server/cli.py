@@ -63,6 +63,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
                       help="front processes that speak WebSocket/HTTP on the one port, with the model in one more "
                            "process, so that socket and JSON work does not share the model loop's GIL "
                            "(0: everything in this process)")
+    perf.add_argument("--warmup-streams", type=int, default=8, metavar="N",
+                      help="before the first session, run N throwaway streams through the model's batched path, "
+                           "so that one-time costs (CUDA kernels loaded on first use, cache pools) do not fall on "
+                           "the first sessions (0: no warm-up)")
     perf.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish open sessions on SIGTERM")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -91,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_batch=args.max_batch,
             batch_window_s=args.batch_window,
             hold_s=args.hold,
+            warmup_streams=args.warmup_streams,
             drain_timeout_s=args.drain_timeout,
         )
     except ValueError as exc:
@@ -122,8 +127,9 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"asr serve: cannot load model {args.model}: {exc}", file=sys.stderr)
         return 2
     from .app import run_server
-    from .scheduler import freeze_loaded_objects
+    from .scheduler import freeze_loaded_objects, warm_up
 
+    warm_up(factory, config.warmup_streams)
     freeze_loaded_objects()
 
     def ready(server: Any) -> None:

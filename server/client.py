@@ -62,6 +62,7 @@ class Transcript:
     finals: list[dict[str, Any]] = field(default_factory=list)
     num_partials: int = 0
     latencies_s: list[float] = field(default_factory=list)
+    latency_at_s: list[float] = field(default_factory=list)  # time.monotonic() when each latency was measured
     audio_s: float = 0.0
     wall_s: float = 0.0
     final_lag_s: float | None = None  # from sending "end" to receiving "done"
@@ -164,7 +165,9 @@ async def _stream(
                     progress.set()
                 if kind in ("partial", "final") and sent_ends:
                     i = min(bisect.bisect_left(sent_ends, round(msg.get("audio_s", 0.0) * rate)), len(sent_ends) - 1)
-                    transcript.latencies_s.append(time.monotonic() - sent_times[i])
+                    now = time.monotonic()
+                    transcript.latencies_s.append(now - sent_times[i])
+                    transcript.latency_at_s.append(now)
                 if kind == "partial":
                     transcript.num_partials += 1
                 elif kind == "final":

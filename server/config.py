@@ -49,6 +49,8 @@ class ServerConfig:
             uploading faster than real time cannot starve the others.
         max_pending_s: buffered, not yet processed audio per session; a client that is further ahead
             is not read from until the model catches up (TCP backpressure).
+        warmup_streams: throwaway streams the model runs before the first session
+            (`scheduler.warm_up`; 0: none).
         drain_timeout_s: on SIGTERM, how long to wait for open sessions to get their final result.
     """
 
@@ -72,6 +74,7 @@ class ServerConfig:
     hold_s: float = 1.0
     max_chunk_s: float = 2.0
     max_pending_s: float = 10.0
+    warmup_streams: int = 8
     drain_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -83,6 +86,8 @@ class ServerConfig:
         for name in ("idle_timeout_s", "start_timeout_s", "max_chunk_s", "max_pending_s", "drain_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ServerConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.warmup_streams < 0:
+            raise ValueError(f"ServerConfig.warmup_streams must be >= 0, got {self.warmup_streams}")
         for name in ("batch_window_s", "hold_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ServerConfig.{name} must be >= 0, got {getattr(self, name)}")

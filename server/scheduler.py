@@ -33,7 +33,7 @@ from asr.inference import InferenceConfig
 from .config import SAMPLE_RATE
 from .recognizer import Recognizer, RecognizerFactory, Result, process_sequential
 
-__all__ = ["Delivery", "ModelUnavailable", "Stream", "Scheduler", "failure_message", "freeze_loaded_objects"]
+__all__ = ["Delivery", "ModelUnavailable", "Stream", "Scheduler", "failure_message", "freeze_loaded_objects", "warm_up"]
 
 log = logging.getLogger("server")
 
@@ -47,6 +47,42 @@ def freeze_loaded_objects() -> None:
     full collections took 0.46 s in all, the longest 90 ms; with this, 0.05 s and 17 ms."""
     gc.collect()
     gc.freeze()
+
+
+def warm_up(factory, streams: int) -> None:
+    """``factory.warm_up(streams)`` when the factory has one (`streaming.RecognizerFactory`; the
+    synthetic factories of tests and benchmarks do not), logged with the time it took."""
+    if streams > 0 and hasattr(factory, "warm_up"):
+        log.info("model warm-up: %d streams in %.2f s", streams, factory.warm_up(streams))
+
+
+SLOW_PASS_S = 0.5  # a model pass longer than this is logged (warning), with where its time went
+
+
+class _CollectorClock:
+    """Seconds the cyclic garbage collector has run in this process (``gc.callbacks``): every
+    thread stops while it runs, the model loop included."""
+
+    def __init__(self) -> None:
+        self.total_s = 0.0
+        self._began = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.total_s += time.perf_counter() - self._began
+
+
+_collector: _CollectorClock | None = None
+
+
+def _collector_clock() -> _CollectorClock:
+    global _collector
+    if _collector is None:
+        _collector = _CollectorClock()
+    return _collector
 
 
 BatchFn = Callable[[list[tuple[Recognizer, np.ndarray]]], list[list[Result]]]
@@ -390,7 +426,19 @@ class Scheduler:
         return stream.processed_samples - stream.delivered_samples >= every
 
     def _process(self, work: list[_Work]) -> list[tuple[list[Result], BaseException | None]]:
-        """Model thread: batched `accept_waveform`, then the finalizes (batched when the factory offers
+        """Model thread: :meth:`_run_pass`; one longer than SLOW_PASS_S is logged with its
+        parts (the collector's share included), so a stall in a server's tail shows where it was."""
+        clock = _collector_clock()
+        began, collected = time.perf_counter(), clock.total_s
+        out = self._run_pass(work)
+        took = time.perf_counter() - began
+        if took > SLOW_PASS_S:
+            log.warning("slow model pass: %.2f s for %d streams (%d ending), garbage collector %.2f s of it",
+                        took, len(work), sum(w.finalize for w in work), clock.total_s - collected)
+        return out
+
+    def _run_pass(self, work: list[_Work]) -> list[tuple[list[Result], BaseException | None]]:
+        """Batched `accept_waveform`, then the finalizes (batched when the factory offers
         `finalize_batch` and several streams end); errors stay per stream, or per batched call."""
         out: list[tuple[list[Result], BaseException | None]] = [([], None) for _ in work]
         audio = [i for i, w in enumerate(work) if w.samples is not None]

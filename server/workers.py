@@ -68,8 +68,13 @@ def _model_main(make_factory: MakeFactory, config: ServerConfig, address: str, a
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which prints it
         status.send(("error", str(exc) or repr(exc)))
         return
-    from .scheduler import freeze_loaded_objects
+    from .scheduler import freeze_loaded_objects, warm_up
 
+    try:
+        warm_up(factory, config.warmup_streams)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which prints it
+        status.send(("error", f"the model's warm-up failed: {exc}"))
+        return
     freeze_loaded_objects()
     listener = Listener(address, family="AF_UNIX", authkey=authkey)
     status.send(("ready", None))
