@@ -39,14 +39,24 @@ log = logging.getLogger("server")
 
 
 
+# The collector's thresholds in a serving process (Python's default: 700, 10, 10). A pass over a
+# thousand streams allocates hundreds of thousands of objects, and each collection of the older
+# generations walks every session's live state with the GIL held, the model loop stopped. One H200,
+# SAR, 2048 streams (server_load, --workers 4): the collector was 10.9 % of the passes over 0.5 s
+# with the default, 2.1 % with these (benchmarks/results/server_load_cuda.md, session 17).
+COLLECTOR_THRESHOLDS = (50_000, 20, 20)
+
+
 def freeze_loaded_objects() -> None:
     """Call once the model is loaded, before the first session: every object alive then (the
     model's modules and tensors, the imported modules: ~200k) moves to the collector's permanent
     generation, so its full collections no longer walk them. They pause the model loop with the
     GIL held, and its passes make garbage fast: at 1024 SAR streams (tiny model, 9 passes, CPU),
-    full collections took 0.46 s in all, the longest 90 ms; with this, 0.05 s and 17 ms."""
+    full collections took 0.46 s in all, the longest 90 ms; with this, 0.05 s and 17 ms. Then the
+    collector runs less often (:data:`COLLECTOR_THRESHOLDS`): cycles are still collected, later."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
 def warm_up(factory, streams: int) -> None:

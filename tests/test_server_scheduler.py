@@ -376,11 +376,13 @@ def test_a_front_hold_that_ends_sends_the_audio_for_processing_at_once() -> None
 def test_freeze_loaded_objects_moves_what_is_alive_out_of_the_collections():
     import gc
 
-    from server.scheduler import freeze_loaded_objects
+    from server.scheduler import COLLECTOR_THRESHOLDS, freeze_loaded_objects
 
-    before = gc.get_freeze_count()
+    before, thresholds = gc.get_freeze_count(), gc.get_threshold()
     try:
         freeze_loaded_objects()
         assert gc.get_freeze_count() > before and gc.isenabled()
+        assert gc.get_threshold() == COLLECTOR_THRESHOLDS  # then it collects less often, not never
     finally:
         gc.unfreeze()  # (the rest of the test process keeps its collector as it was)
+        gc.set_threshold(*thresholds)
