@@ -193,13 +193,14 @@ async def _run_job(job: _Job) -> list[dict]:
         delay = job.t0 + offset - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+        started = time.monotonic()  # (later than t0 + offset when the process got its job late)
         try:
             t = await astream_frames(job.url, frames, realtime=True)
         except BaseException as exc:  # noqa: BLE001 - reported, counted as a failed stream
             return {"error": repr(exc)}
         return {"latencies_s": list(t.latencies_s), "final_lag_s": t.final_lag_s,
                 # when each latency was measured: since the stream's start, and since the level's
-                "stream_time_s": [round(a - job.t0 - offset, 3) for a in t.latency_at_s],
+                "stream_time_s": [round(a - started, 3) for a in t.latency_at_s],
                 "level_time_s": [round(a - job.t0, 3) for a in t.latency_at_s]}
 
     cpu, wall = time.process_time(), time.monotonic()
