@@ -34,13 +34,27 @@ sys.path.insert(0, str(ROOT))
 from asr.audio import load_audio  # noqa: E402
 from asr.inference import InferenceConfig, load_inference  # noqa: E402
 from server.scheduler import freeze_loaded_objects  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from streaming import Recognizer, process_batch  # noqa: E402
 
 CHUNK_S = 0.64
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the tensor operations that do work (views left out): on a GPU each is a kernel launch
+    or a copy, the cost that dominates small per-stream steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
 def _run(loaded, cfg, wave: np.ndarray, n: int, passes: int, batched: bool, warmup: int = 1,
-         profile: Path | None = None) -> tuple[float, list[str]]:
+         profile: Path | None = None, counter: _OpCounter | None = None) -> tuple[float, list[str]]:
     chunk = int(CHUNK_S * 16000)
     profiler = cProfile.Profile() if profile else None
     recs = [Recognizer(loaded, cfg) for _ in range(n)]
@@ -53,7 +67,11 @@ def _run(loaded, cfg, wave: np.ndarray, n: int, passes: int, batched: bool, warm
         timed = p >= warmup
         if profiler and timed:
             profiler.enable()
-        out = process_batch(work, batch_decoders=batched)
+        if counter is not None and timed:
+            with counter:
+                out = process_batch(work, batch_decoders=batched)
+        else:
+            out = process_batch(work, batch_decoders=batched)
         if loaded.model.ctc.weight.is_cuda:
             torch.cuda.synchronize()
         if profiler and timed:
@@ -84,7 +102,7 @@ def _write_profile(profiler: cProfile.Profile, path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
-    p.add_argument("--decoders", default="ctc,sar,bsbs")
+    p.add_argument("--decoders", "--decoder", default="ctc,sar,bsbs", help="comma-separated: ctc, sar, bsbs")
     p.add_argument("--streams", default="1,4,16")
     p.add_argument("--passes", type=int, default=8, help="timed passes per setting (after the warm-up)")
     p.add_argument("--warmup", type=int, default=6,
@@ -96,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", default=None,
                    help="also write cProfile tables of the batched passes (appended, one per setting) to this file")
+    p.add_argument("--count-ops", action="store_true",
+                   help="also count the tensor operations per pass of each mode (views left out; on a GPU each "
+                        "is a kernel launch), in separate untimed runs")
     p.add_argument("--out", default=None, help="results stem (default benchmarks/results/batch_decode_<device>)")
     args = p.parse_args(argv)
 
@@ -118,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             row = {"decoder": decoder, "streams": n, "per_stream_s": round(per_stream, 4), "batched_s": round(batched, 4),
                    "per_stream_rtf": round(per_stream / CHUNK_S, 3), "batched_rtf": round(batched / CHUNK_S, 3),
                    "speedup": round(per_stream / batched, 2), "same_text": None if want is None else got == want}
+            if args.count_ops:
+                for mode, flag in (("per_stream_ops", False), ("batched_ops", True)):
+                    counter = _OpCounter()
+                    _run(loaded, cfg, wave, n, args.passes, flag, args.warmup, counter=counter)
+                    row[mode] = round(counter.ops / args.passes)
             rows.append(row)
             print(json.dumps(row), flush=True)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({args.threads} threads)"
@@ -132,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['decoder']} | {r['streams']} | {r['per_stream_s']} ({r['per_stream_rtf']}) | "
               f"{r['batched_s']} ({r['batched_rtf']}) | {r['speedup']} | {r['same_text']} |" for r in rows]
+    if args.count_ops:
+        lines += ["", "Tensor operations per pass (views left out; on a GPU each is a kernel launch or a copy):", "",
+                  "| decoder | streams | per-stream decoders | batched |", "|---|---|---|---|"]
+        lines += [f"| {r['decoder']} | {r['streams']} | {r['per_stream_ops']} | {r['batched_ops']} |" for r in rows]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if all(r["same_text"] is not False for r in rows) else 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Hashable, Sequence
+
 import torch
 
 from asr.decode.base import BlockDecoder, Tokens
@@ -9,6 +11,7 @@ from asr.models.decoder import DecoderScorer
 from asr.models.lm import LMScorer, TransformerLM
 from asr.models.lm_session import SessionContextConfig, SessionLM
 from asr.search import BlockwiseBeamSearch, BsbsConfig, CTCPrefixScorer, ctc_forced_align
+from asr.search.batched import batch_signature, extend_blocks, finalize_searches
 from asr.search.scorer import LENGTH_BONUS, Hypothesis
 
 __all__ = ["BsbsDecoder", "joint_scorers", "aligned_tokens", "session_lm"]
@@ -56,6 +59,11 @@ class BsbsDecoder(BlockDecoder):
     ``session_context``: the LM fusion of each segment starts from up to this many tokens of the
     stream's earlier finals (:class:`~asr.models.lm_session.SessionLM`, committed at
     :meth:`finalize`); None = each segment alone.
+
+    Streams of one model with the same settings (and an LM without session context, or none) share
+    :meth:`accept_blocks` and :meth:`finalize_many` calls: their searches run in lockstep
+    (:mod:`asr.search.batched`). A stream with session context has its own LM caches (paged, with
+    eviction) and runs alone.
     """
 
     def __init__(self, model, beam: int = 10, ctc_weight: float = 0.3, length_bonus: float = 0.0,
@@ -67,6 +75,8 @@ class BsbsDecoder(BlockDecoder):
         self.search_cfg = BsbsConfig(beam_size=beam, nbest=1, repetition_test=repetition_test, backoff=backoff,
                                      ctc_trigger=ctc_trigger)
         self._start_segment()
+        signature = None if self.session is not None else batch_signature(self.search)
+        self._key: Hashable = ("alone", id(self)) if signature is None else signature
 
     def _start_segment(self) -> None:
         if self.session is not None:
@@ -75,20 +85,64 @@ class BsbsDecoder(BlockDecoder):
         self.ctc: list[torch.Tensor] = []
         self.best = Hypothesis(tokens=[], score=0.0)
 
+    def batch_key(self) -> Hashable:
+        return self._key
+
     @torch.no_grad()
     def accept_block(self, enc: torch.Tensor, ctc_logp: torch.Tensor) -> None:
         if enc.shape[0]:
             self.ctc.append(ctc_logp)
             self.best = self.search.extend_block(enc, ctc_logp)
 
+    @staticmethod
+    @torch.no_grad()
+    def accept_blocks(decoders: Sequence["BsbsDecoder"], encs: Sequence[torch.Tensor],
+                      ctc_logps: Sequence[torch.Tensor], ctc_labels: Sequence[list[int]] | None = None) -> None:
+        """``accept_block`` of every stream; the block searches of streams with equal keys run in
+        lockstep (one batched expansion per step for all of them)."""
+        live = [i for i, e in enumerate(encs) if e.shape[0]]
+        for group in _groups([decoders[i] for i in live], live):
+            if len(group) == 1:
+                decoders[group[0]].accept_block(encs[group[0]], ctc_logps[group[0]])
+                continue
+            bests = extend_blocks([decoders[i].search for i in group], [encs[i] for i in group],
+                                  [ctc_logps[i] for i in group],
+                                  None if ctc_labels is None else [ctc_labels[i] for i in group])
+            for i, best in zip(group, bests):
+                decoders[i].ctc.append(ctc_logps[i])
+                decoders[i].best = best
+
     def partial(self) -> Tokens:
         return Tokens(self.best.tokens, [0] * len(self.best.tokens))
 
     @torch.no_grad()
     def finalize(self) -> Tokens:
-        nbest = self.search.finalize()
+        return self._finish(self.search.finalize())
+
+    @staticmethod
+    @torch.no_grad()
+    def finalize_many(decoders: Sequence["BsbsDecoder"]) -> list[Tokens]:
+        """``finalize`` of every stream; the final searches of streams with equal keys run in lockstep."""
+        out: list[Tokens | None] = [None] * len(decoders)
+        for group in _groups(decoders, range(len(decoders))):
+            nbests = ([decoders[group[0]].search.finalize()] if len(group) == 1
+                      else finalize_searches([decoders[i].search for i in group]))
+            for i, nbest in zip(group, nbests):
+                out[i] = decoders[i]._finish(nbest)
+        return out  # type: ignore[return-value]
+
+    def _finish(self, nbest: list[Hypothesis]) -> Tokens:
+        """The segment's tokens from its n-best; the next segment starts."""
         tokens = aligned_tokens(nbest[0].tokens, torch.cat(self.ctc)) if nbest else Tokens()
         if self.session is not None and tokens.ids:  # a silent segment adds nothing to the context
             self.session.commit(tokens.ids)
         self._start_segment()
         return tokens
+
+
+def _groups(decoders: Sequence[BsbsDecoder], index: Sequence[int]) -> list[list[int]]:
+    """``index`` (one entry per decoder) grouped by the decoders' batch keys, in order."""
+    groups: dict[Hashable, list[int]] = {}
+    for d, i in zip(decoders, index):
+        groups.setdefault(d.batch_key(), []).append(i)
+    return list(groups.values())

@@ -94,11 +94,13 @@ class BlockwiseBeamSearch:
         self._last_label = BLANK
         self.ending = False  # end_of_stream() was called: the blocks that follow are the last ones
 
-    def _append(self, enc: Tensor | None, ctc_logp: Tensor | None) -> None:
+    def _append(self, enc: Tensor | None, ctc_logp: Tensor | None, labels: list[int] | None = None) -> None:
+        """Take new frames in; ``labels``: the per-frame argmax of ``ctc_logp`` when the caller has
+        them on the host already (the batched search, :mod:`asr.search.batched`)."""
         if enc is None and ctc_logp is None:
             return
         if ctc_logp is not None and ctc_logp.shape[0]:
-            labels = ctc_logp.argmax(-1).tolist()
+            labels = ctc_logp.argmax(-1).tolist() if labels is None else labels
             for prev, label in zip([self._last_label] + labels, labels):
                 self.ctc_tokens += label != BLANK and label != prev
             self._last_label = labels[-1]
