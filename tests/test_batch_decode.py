@@ -16,7 +16,7 @@ from asr.inference import InferenceConfig
 from asr.models.config import LMConfig, SARConfig
 from asr.models.sar import SARDecoder
 from asr.tokenizer import SOS_EOS
-from streaming import Recognizer, process_batch
+from streaming import Recognizer, finalize_batch, process_batch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -31,10 +31,11 @@ SIZES = [5120, 3000, 7000, 5120]  # samples per pass of each stream
 BEGIN = [0, 1, 0, 2]  # the pass at which each stream starts
 
 
-def _streams(loaded, cfg, waves, batched: bool, sizes=SIZES, begin=BEGIN):
+def _streams(loaded, cfg, waves, batched: bool, sizes=SIZES, begin=BEGIN, lm=None, end_batched: bool = False):
     """Streams of different lengths, starting at different passes, fed in chunks of different
-    sizes, so their encoder caches, segments, LM contexts and tentative tails all differ."""
-    recs = [Recognizer(loaded, cfg) for _ in waves]
+    sizes, so their encoder caches, segments, LM contexts and tentative tails all differ.
+    ``end_batched``: the streams end in one ``finalize_batch`` (else each its own ``finalize``)."""
+    recs = [Recognizer(loaded, cfg, lm) for _ in waves]
     pos = [0] * len(waves)
     out = [[] for _ in waves]
     for step in range(200):
@@ -48,8 +49,9 @@ def _streams(loaded, cfg, waves, batched: bool, sizes=SIZES, begin=BEGIN):
             break
         for i, res in zip(idx, process_batch(work, batch_decoders=batched)):
             out[i] += res
-    for i, rec in enumerate(recs):
-        out[i] += rec.finalize()
+    finals = finalize_batch(recs, batch_decoders=batched) if end_batched else [rec.finalize() for rec in recs]
+    for i, res in enumerate(finals):
+        out[i] += res
     return [[(r.text, r.is_final, r.segment, r.tokens, r.words) for r in res] for res in out]
 
 

@@ -2,6 +2,8 @@
 session's own search: the same partial tokens after every block and the same final n-best."""
 
 import dataclasses
+import os
+import sys
 
 import pytest
 import torch
@@ -13,7 +15,10 @@ from asr.models.decoder import AttentionDecoder, DecoderScorer
 from asr.models.lm import LMScorer, TransformerLM
 from asr.search import BlockwiseBeamSearch, BsbsConfig, CTCPrefixScorer, ragged
 from asr.search.batched import batch_signature, extend_blocks, finalize_searches
-from streaming import Recognizer, finalize_batch, process_batch
+from streaming import Recognizer
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_batch_decode import _streams as batch_decode_streams  # noqa: E402
 
 V, D, EOS = 12, 16, 2
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -173,22 +178,7 @@ def test_sessions_that_cannot_share_a_lockstep_have_no_signature(modules):
 # -- through the recognizer --------------------------------------------------------------------------
 
 def _streams(loaded, cfg, waves, batched, sizes, begin, lm=None):
-    recs = [Recognizer(loaded, cfg, lm) for _ in waves]
-    pos, out = [0] * len(waves), [[] for _ in waves]
-    for step in range(200):
-        work, idx = [], []
-        for i, (rec, w) in enumerate(zip(recs, waves)):
-            if step >= begin[i] and pos[i] < len(w):
-                work.append((rec, w[pos[i]:pos[i] + sizes[i]]))
-                idx.append(i)
-                pos[i] += sizes[i]
-        if not work:
-            break
-        for i, res in zip(idx, process_batch(work, batch_decoders=batched)):
-            out[i] += res
-    for i, res in enumerate(finalize_batch(recs, batch_decoders=batched)):
-        out[i] += res
-    return [[(r.text, r.is_final, r.segment, r.tokens, r.words) for r in res] for res in out]
+    return batch_decode_streams(loaded, cfg, waves, batched, sizes, begin, lm, end_batched=True)
 
 
 @pytest.mark.parametrize("block_ms,with_lm", [(160, False), (320, False), (320, True)])
