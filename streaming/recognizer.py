@@ -28,7 +28,6 @@ from asr.features import FbankConfig, OnlineFbank, num_frames
 from asr.inference import InferenceConfig
 from asr.models.io import LoadedModel
 from asr.models.lm import TransformerLM
-from asr.search import BlockwiseBeamSearch
 from streaming.endpoint import EndpointConfig, Endpointer
 
 __all__ = ["FLUSH_PAD_MS", "flush_frames", "flush_pad", "samples_for_frames", "Result", "Recognizer", "encoder_inputs",
@@ -171,7 +170,7 @@ class Recognizer:
         the last result is always a final. Times stay inside the audio."""
         if self.finished:
             return []
-        _end_of_stream(self)
+        self.decoder.end_of_stream()
         results = self.decode(*self.step_encoder(self.flush_input(), final=True))
         return self.end_stream(results, self.decoder.finalize())
 
@@ -269,15 +268,6 @@ class Recognizer:
             return None  # a silent segment: nothing to report
         self.segment += 1
         return result
-
-
-def _end_of_stream(rec: Recognizer) -> None:
-    """Before the flush's blocks: a blockwise beam search (bsbs) only takes them in, and its
-    ``finalize`` searches them once, over all the frames (:meth:`BlockwiseBeamSearch.end_of_stream`:
-    the block searches over the flush were thrown away by the final search). Other decoders: nothing."""
-    search = getattr(rec.decoder, "search", None)
-    if isinstance(search, BlockwiseBeamSearch):
-        search.end_of_stream()
 
 
 def _clip_times(result: Result, audio_s: float) -> Result:
@@ -421,7 +411,7 @@ def finalize_batch(recs: list[Recognizer], batch_decoders: bool = True) -> list[
         idx = [live[j] for j in members]
         group = [recs[i] for i in idx]
         for rec in group:
-            _end_of_stream(rec)
+            rec.decoder.end_of_stream()
         decoded = _encode_and_decode(group, _flush_inputs(group), True, batch_decoders)
         tokens: list[Tokens | None] = [None] * len(group)
         for sub in _decoder_groups(group, batch_decoders):

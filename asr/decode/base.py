@@ -56,6 +56,11 @@ class BlockDecoder:
         """The segment's final tokens; the decoder then starts the next segment afresh."""
         raise NotImplementedError
 
+    def end_of_stream(self) -> None:
+        """The blocks still to come are the stream's last (the recognizer's flush), and
+        ``finalize`` follows them. A decoder that would redo their work in ``finalize`` may take
+        them in without searching (bsbs); the default does nothing."""
+
     def batch_key(self) -> Hashable:
         """Decoders with equal keys (and class) take their blocks in one :meth:`accept_blocks` call."""
         return id(self)

@@ -112,6 +112,9 @@ class BsbsDecoder(BlockDecoder):
                 decoders[i].ctc.append(ctc_logps[i])
                 decoders[i].best = best
 
+    def end_of_stream(self) -> None:
+        self.search.end_of_stream()  # the flush's blocks are searched once, in finalize
+
     def partial(self) -> Tokens:
         return Tokens(self.best.tokens, [0] * len(self.best.tokens))
 
